@@ -1,0 +1,127 @@
+//! The plugin side of the event sink: numbering, stamping and ordering of log records.
+
+use crate::{
+    ffi::EventSinkBox, Channel, ExecutionStatus, LogFlags, LogRecord, Stream, Timestamp,
+};
+use abi_stable::std_types::RVec;
+use std::sync::{Arc, Mutex};
+
+/// One line to deliver; the sink adds the sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Which stream.
+    pub stream: Stream,
+    /// Setup or program.
+    pub channel: Channel,
+    /// The text, without its newline.
+    pub line: String,
+    /// Flags.
+    pub flags: LogFlags,
+    /// When the line was read; `None` stamps it at delivery.
+    pub timestamp: Option<Timestamp>,
+}
+
+impl LogLine {
+    /// Creates a line with no flags, stamped at delivery.
+    pub fn new(stream: Stream, channel: Channel, line: impl Into<String>) -> Self {
+        Self { stream, channel, line: line.into(), flags: LogFlags::default(), timestamp: None }
+    }
+}
+
+/// Where a plugin pushes the events of one execution.
+///
+/// Copies share one destination and one sequence counter. Log records are numbered from 0 in the
+/// order they are delivered. Once a terminal status has been delivered, every later event is
+/// dropped, so a backend cannot report two endings.
+#[derive(Clone)]
+pub struct EventSink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    ffi: EventSinkBox,
+    /// The next sequence number and whether a terminal status went out; the lock is held while
+    /// the host takes a batch, so that numbers reach the host in order.
+    state: Mutex<SinkState>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    next_seq: u64,
+    ended: bool,
+}
+
+impl EventSink {
+    /// Wraps the host's sink.
+    pub fn new(ffi: EventSinkBox) -> Self {
+        Self { shared: Arc::new(Shared { ffi, state: Mutex::new(SinkState::default()) }) }
+    }
+
+    /// Delivers lines in order. Blocks while the host's buffer is full; call it from a thread of
+    /// your own or through [`EventSink::log`] in async code.
+    pub fn log_blocking(&self, lines: Vec<LogLine>) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        if state.ended {
+            tracing::debug!(count = lines.len(), "dropped log lines delivered after the terminal status");
+            return;
+        }
+        let now = Timestamp::now();
+        let mut records = RVec::with_capacity(lines.len());
+        for line in lines {
+            records.push(LogRecord {
+                seq: state.next_seq,
+                timestamp: line.timestamp.unwrap_or(now),
+                stream: line.stream,
+                channel: line.channel,
+                line: line.line.into(),
+                flags: line.flags,
+            });
+            state.next_seq += 1;
+        }
+        self.shared.ffi.logs(records);
+    }
+
+    /// Delivers lines in order from async code. The wait for buffer space happens in
+    /// `tokio::task::block_in_place`, so other tasks of the runtime keep running.
+    pub async fn log(&self, lines: Vec<LogLine>) {
+        tokio::task::block_in_place(|| self.log_blocking(lines));
+    }
+
+    /// Delivers a status. Returns `false`, delivering nothing, when a terminal status was already
+    /// delivered.
+    pub fn status(&self, status: ExecutionStatus) -> bool {
+        let mut state = self.lock();
+        if state.ended {
+            tracing::debug!(state = status.name(), "dropped a status delivered after the terminal status");
+            return false;
+        }
+        state.ended = status.is_terminal();
+        self.shared.ffi.status(status);
+        true
+    }
+
+    /// Tells whether a terminal status has been delivered.
+    pub fn has_ended(&self) -> bool {
+        self.lock().ended
+    }
+
+    /// Returns the number of log records delivered so far.
+    pub fn records_delivered(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        // A panic while the lock was held left the counters consistent: every step under the
+        // lock either completed or changed nothing.
+        self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink").field("records_delivered", &self.records_delivered()).finish()
+    }
+}
