@@ -1,0 +1,1 @@
+print("error: this line runs only if dependency installation did not fail")

@@ -1,0 +1,69 @@
+//! `tower-host`: runs Tower apps on a backend loaded from a plugin.
+//!
+//! The binary is glue: it parses the command line, reads the config, sets up logging, and hands
+//! over to one command module. Errors are printed once, here, and mapped to the exit codes in
+//! `tower_host::exit_code`.
+
+use clap::Parser;
+use std::process::ExitCode;
+use tower_host::cli::{Cli, Command, ConfigCommand, PluginsCommand};
+use tower_host::config::{Config, LogFormat};
+use tower_host::failure::{CommandResult, Failure};
+use tower_host::{commands, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(config) => config,
+        Err(failure) => return report(failure),
+    };
+    init_logging(&config);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return report(Failure::host(anyhow::anyhow!("failed to start the async runtime: {error}"))),
+    };
+    let result = runtime.block_on(dispatch(cli, config));
+    // Plugin threads may still be blocked in calls that outlive the command; do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => report(failure),
+    }
+}
+
+async fn dispatch(cli: Cli, config: Config) -> CommandResult {
+    match cli.command {
+        Command::Run(args) => run::run(&config, args).await,
+        Command::Plugins(PluginsCommand::List) => commands::plugins_list(&config).await,
+        Command::Plugins(PluginsCommand::Inspect { plugin }) => commands::plugins_inspect(&config, &plugin).await,
+        Command::Config(ConfigCommand::Check { .. }) => commands::config_check(&config).await,
+    }
+}
+
+/// Reads the config: `config check FILE`, else `--config FILE`, else the embedded default.
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let file = match &cli.command {
+        Command::Config(ConfigCommand::Check { file: Some(file) }) => Some(file),
+        _ => cli.config.as_ref(),
+    };
+    match file {
+        Some(file) => Config::load(file).map_err(Failure::usage),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.logging.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn report(failure: Failure) -> ExitCode {
+    eprintln!("tower-host: error: {:#}", failure.error);
+    ExitCode::from(failure.code)
+}

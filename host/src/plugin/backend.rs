@@ -1,0 +1,222 @@
+//! The host's side of a loaded backend: every plugin call runs on a blocking thread so the async
+//! runtime never waits on plugin code, and every error is wrapped with the plugin name.
+
+use super::LoadedPlugin;
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RResult, RVec},
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tower_plugin_api::{
+    ffi::{BackendBox, EventSinkFfi, EventSinkFfi_TO, ExecutionBox},
+    Capabilities, ErrorKind, ExecutionState, ExecutionStatus, FailureStageKind, Health, LogRecord, PluginError,
+    ServiceEndpoint, Timestamp,
+};
+
+/// How many event batches the host buffers per execution before the plugin's `logs` call blocks.
+const EVENT_BUFFER: usize = 256;
+
+/// A plugin call that failed, naming the plugin and the operation.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin `{plugin}` failed to {operation}: {error}")]
+pub struct PluginCallError {
+    /// The plugin name.
+    pub plugin: String,
+    /// What the host asked for (`create execution run-1`).
+    pub operation: String,
+    /// The plugin's error.
+    pub error: PluginError,
+}
+
+/// An event of one execution.
+#[derive(Debug, Clone)]
+pub enum ExecutionEvent {
+    /// Log records, in order.
+    Logs(RVec<LogRecord>),
+    /// A status transition.
+    Status(ExecutionStatus),
+}
+
+/// A backend instance created by a loaded plugin.
+#[derive(Clone)]
+pub struct Backend {
+    plugin: Arc<LoadedPlugin>,
+    ffi: Arc<BackendBox>,
+}
+
+impl Backend {
+    /// Creates the backend from its settings (a JSON object).
+    pub async fn new(plugin: Arc<LoadedPlugin>, settings_json: String) -> Result<Self, PluginCallError> {
+        let module = plugin.module;
+        let ffi = call(&plugin.name, "create the backend from its settings", move || {
+            (module.new_backend())(settings_json.as_str().into())
+        })
+        .await?;
+        Ok(Self { plugin, ffi: Arc::new(ffi) })
+    }
+
+    /// The loaded plugin.
+    pub fn plugin(&self) -> &LoadedPlugin {
+        &self.plugin
+    }
+
+    /// Returns the backend's capabilities.
+    pub async fn capabilities(&self) -> Result<Capabilities, PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        call(&self.plugin.name, "report its capabilities", move || ffi.capabilities()).await
+    }
+
+    /// Runs the backend's health probe.
+    pub async fn health(&self) -> Health {
+        let ffi = Arc::clone(&self.ffi);
+        tokio::task::spawn_blocking(move || ffi.health())
+            .await
+            .unwrap_or_else(|error| Health::unhealthy(format!("the health probe failed: {error}")))
+    }
+
+    /// Creates an execution; its events arrive on the returned stream.
+    pub async fn create(&self, spec: tower_plugin_api::ExecutionSpec) -> Result<(Execution, EventStream), PluginCallError> {
+        let run_id = spec.run_id.to_string();
+        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
+        let sink = EventSinkFfi_TO::from_value(HostEventSink { sender }, TD_Opaque);
+        let ffi = Arc::clone(&self.ffi);
+        let operation = format!("create execution `{run_id}`");
+        let handle = call(&self.plugin.name, &operation, move || ffi.create(spec, sink)).await?;
+        let execution = Execution { plugin: self.plugin.name.clone(), run_id, ffi: Arc::new(handle) };
+        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone() }))
+    }
+
+    /// Asks the backend to release backend-wide resources.
+    pub async fn shutdown(&self) -> Result<(), PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        call(&self.plugin.name, "shut down", move || ffi.shutdown()).await
+    }
+}
+
+/// A handle to one execution.
+#[derive(Clone)]
+pub struct Execution {
+    plugin: String,
+    run_id: String,
+    ffi: Arc<ExecutionBox>,
+}
+
+impl Execution {
+    /// The run id.
+    pub fn id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Queries the current status.
+    pub async fn status(&self) -> Result<ExecutionStatus, PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        call(&self.plugin, &format!("read the status of `{}`", self.run_id), move || ffi.status()).await
+    }
+
+    /// Stops the execution politely, forcing it after `grace`; returns once nothing of it runs.
+    pub async fn terminate(&self, grace: Duration) -> Result<(), PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        call(&self.plugin, &format!("terminate `{}`", self.run_id), move || ffi.terminate(millis)).await
+    }
+
+    /// Forces the execution to stop; returns once nothing of it runs.
+    pub async fn kill(&self) -> Result<(), PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        call(&self.plugin, &format!("kill `{}`", self.run_id), move || ffi.kill()).await
+    }
+
+    /// Returns the service endpoint, if any.
+    pub async fn service_endpoint(&self) -> Result<Option<ServiceEndpoint>, PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        call(&self.plugin, &format!("report the service endpoint of `{}`", self.run_id), move || {
+            ffi.service_endpoint().map(|endpoint| endpoint.into_option())
+        })
+        .await
+    }
+
+    /// Removes everything the execution created.
+    pub async fn cleanup(&self) -> Result<(), PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        call(&self.plugin, &format!("clean up `{}`", self.run_id), move || ffi.cleanup()).await
+    }
+}
+
+/// The events of one execution, ending with exactly one terminal status.
+///
+/// When the plugin drops every copy of the execution's sink before a terminal status (a plugin
+/// task that panicked does), the stream ends with a `failed` status that says so.
+pub struct EventStream {
+    receiver: Option<mpsc::Receiver<ExecutionEvent>>,
+    ended: bool,
+    plugin: String,
+}
+
+impl EventStream {
+    /// Returns the next event, or `None` after the terminal status.
+    pub async fn next(&mut self) -> Option<ExecutionEvent> {
+        let receiver = self.receiver.as_mut()?;
+        match receiver.recv().await {
+            Some(ExecutionEvent::Status(status)) if self.ended => {
+                tracing::warn!(plugin = %self.plugin, state = status.name(), "ignored a status after the terminal status");
+                None
+            }
+            Some(ExecutionEvent::Status(status)) => {
+                if status.is_terminal() {
+                    self.ended = true;
+                    // Closing the channel makes any later send of the plugin return at once.
+                    self.receiver = None;
+                }
+                Some(ExecutionEvent::Status(status))
+            }
+            Some(event) => Some(event),
+            None => {
+                self.receiver = None;
+                if self.ended {
+                    return None;
+                }
+                self.ended = true;
+                let message = format!(
+                    "plugin `{}` stopped reporting this execution without a final status (a task of the plugin may have panicked; see the host's log)",
+                    self.plugin
+                );
+                let state = ExecutionState::failed(ErrorKind::Internal, FailureStageKind::Platform, message, true);
+                Some(ExecutionEvent::Status(ExecutionStatus::new(state).ended(Some(Timestamp::now()))))
+            }
+        }
+    }
+}
+
+/// The sink the host hands to the plugin for one execution.
+#[derive(Clone)]
+struct HostEventSink {
+    sender: mpsc::Sender<ExecutionEvent>,
+}
+
+impl EventSinkFfi for HostEventSink {
+    fn logs(&self, records: RVec<LogRecord>) {
+        // An error means the host stopped listening (after the terminal status): drop the records.
+        let _ = self.sender.blocking_send(ExecutionEvent::Logs(records));
+    }
+
+    fn status(&self, status: ExecutionStatus) {
+        let _ = self.sender.blocking_send(ExecutionEvent::Status(status));
+    }
+}
+
+/// Runs a plugin call on a blocking thread and wraps its error with the plugin name.
+async fn call<T: Send + 'static>(
+    plugin: &str,
+    operation: &str,
+    body: impl FnOnce() -> RResult<T, PluginError> + Send + 'static,
+) -> Result<T, PluginCallError> {
+    let wrap = |error: PluginError| PluginCallError { plugin: plugin.to_string(), operation: operation.to_string(), error };
+    match tokio::task::spawn_blocking(body).await {
+        Ok(RResult::ROk(value)) => Ok(value),
+        Ok(RResult::RErr(error)) => Err(wrap(error)),
+        Err(join_error) => Err(wrap(PluginError::internal(format!("the host's call into the plugin failed: {join_error}")))),
+    }
+}
+

@@ -1,0 +1,270 @@
+//! `tower-host run`: one execution from a package or a folder, to completion.
+
+use crate::backend_setup::create_backend;
+use crate::cli::RunArgs;
+use crate::config::Config;
+use crate::exit_code;
+use crate::failure::{CommandResult, Failure};
+use crate::output::Output;
+use crate::plugin::{Execution, ExecutionEvent};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tower_plugin_api::{ExecutionSpec, ExecutionState, ExecutionStatus, KeyValue, PackageSource, SecretVar};
+
+/// A package ready to hand to the backend, and the temp folder that keeps it alive.
+struct StagedInput {
+    archive: PathBuf,
+    sha256: String,
+    manifest: tower_package::Manifest,
+    app_name: String,
+    _temp: tempfile::TempDir,
+}
+
+/// Runs one execution and returns the exit code it maps to.
+pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
+    let input = stage_input(args.input.as_deref().unwrap_or(Path::new(".")))?;
+    let spec = build_spec(&args, &input)?;
+    let backend = create_backend(config).await?;
+    let capabilities = backend.capabilities().await.map_err(Failure::host)?;
+
+    let span = tracing::info_span!("execution", execution.id = %spec.run_id, backend = %capabilities.backend, plugin = %backend.plugin().name);
+    let _entered = span.enter();
+    let mut output = Output::new(args.output);
+    let (execution, mut events) = backend.create(spec).await.map_err(Failure::host)?;
+    tracing::info!("execution created");
+
+    // The host enforces the timeout itself only when the backend does not.
+    let host_deadline = args.timeout.filter(|_| !capabilities.enforced_limits.timeout);
+    let mut stop = StopControl::new(execution.clone(), args.grace)?;
+    let deadline = sleep_until_deadline(host_deadline);
+    tokio::pin!(deadline);
+
+    let final_status = loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(ExecutionEvent::Logs(records)) => output.logs(&records),
+                Some(ExecutionEvent::Status(status)) => {
+                    let status = stop.adjust(status);
+                    output.status(&status);
+                    if status.is_terminal() {
+                        break status;
+                    }
+                }
+                None => unreachable!("the event stream ends only after a terminal status"),
+            },
+            _ = stop.requested() => {
+                let message = stop.escalate();
+                output.message(&message);
+            }
+            _ = &mut deadline, if !stop.timed_out => {
+                stop.timed_out = true;
+                output.message(&format!("timeout of {} reached, stopping the app", humantime::format_duration(host_deadline.unwrap_or_default())));
+                stop.terminate();
+            }
+        }
+    };
+
+    if let Err(error) = execution.cleanup().await {
+        output.message(&format!("cleanup failed: {error}"));
+    }
+    if let Err(error) = backend.shutdown().await {
+        tracing::warn!(%error, "backend shutdown failed");
+    }
+    Ok(exit_code_of(&final_status))
+}
+
+/// Reads the input: a `.tar.gz` package as is, or a folder packed the way Tower packs it.
+fn stage_input(input: &Path) -> Result<StagedInput, Failure> {
+    let temp = tempfile::Builder::new().prefix("tower-host-run-").tempdir().map_err(|error| {
+        Failure::host(anyhow::anyhow!("failed to create a temp folder for the package: {error}; check TMPDIR"))
+    })?;
+    let archive = if input.is_dir() {
+        if !input.join("Towerfile").is_file() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{} has no Towerfile; pass a folder with a Towerfile or a Tower package (.tar.gz)",
+                input.display()
+            )));
+        }
+        let archive = temp.path().join("package.tar.gz");
+        tower_package::pack_dir(input, &archive).map_err(Failure::usage)?;
+        archive
+    } else if input.is_file() {
+        input.canonicalize().map_err(|error| Failure::usage(anyhow::anyhow!("cannot read {}: {error}", input.display())))?
+    } else {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{} does not exist; pass a Tower package (.tar.gz) or a folder with a Towerfile",
+            input.display()
+        )));
+    };
+
+    let manifest = tower_package::read_manifest(&archive).map_err(Failure::usage)?;
+    let sha256 = tower_package::sha256_file(&archive).map_err(Failure::usage)?;
+    let app_name = app_name_of(input);
+    Ok(StagedInput { archive, sha256, manifest, app_name, _temp: temp })
+}
+
+/// The app's name: the Towerfile's `[app] name` for a folder, else the file name.
+fn app_name_of(input: &Path) -> String {
+    if input.is_dir() {
+        if let Ok(towerfile) = tower_package::Towerfile::from_path(&input.join("Towerfile")) {
+            return towerfile.app.name;
+        }
+    }
+    let name = input.canonicalize().ok().and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()));
+    name.unwrap_or_default().trim_end_matches(".tar.gz").trim_end_matches(".tgz").to_string()
+}
+
+fn build_spec(args: &RunArgs, input: &StagedInput) -> Result<ExecutionSpec, Failure> {
+    let run_id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if run_id.is_empty() || run_id.len() > 200 || !run_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "invalid --id `{run_id}`: use at most 200 letters, digits, `-`, `_` and `.`"
+        )));
+    }
+    let archive = input.archive.to_str().ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!("package path {} is not valid UTF-8; rename or move it", input.archive.display()))
+    })?;
+    let mut spec = ExecutionSpec::new(run_id, PackageSource::file(archive, input.sha256.clone()));
+    spec.app_name = input.app_name.clone().into();
+    spec.environment = args.environment.clone().into();
+
+    // Parameters: Towerfile defaults, then --param in order (a later one wins).
+    let mut parameters: Vec<(String, String)> =
+        input.manifest.parameters.iter().map(|parameter| (parameter.name.clone(), parameter.default.clone())).collect();
+    for (key, value) in &args.params {
+        match parameters.iter_mut().find(|(name, _)| name == key) {
+            Some(existing) => existing.1 = value.clone(),
+            None => parameters.push((key.clone(), value.clone())),
+        }
+    }
+    spec.parameters = parameters.into_iter().map(|(key, value)| KeyValue::new(key, value)).collect();
+
+    for name in &args.secrets {
+        let value = std::env::var(name).map_err(|_| {
+            Failure::usage(anyhow::anyhow!(
+                "--secret {name}: the environment variable `{name}` is not set (or not UTF-8); export it before running tower-host"
+            ))
+        })?;
+        spec.secrets.push(SecretVar::new(name.clone(), value));
+    }
+    spec.env = args.env.iter().map(|(key, value)| KeyValue::new(key.clone(), value.clone())).collect();
+    if let Some(timeout) = args.timeout {
+        // The contract counts whole seconds; round up so that the app never gets less time.
+        let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        spec.limits.timeout_seconds = abi_stable::std_types::ROption::RSome(seconds.max(1));
+    }
+    Ok(spec)
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM handling: the first request terminates with the grace period, the
+/// next one kills.
+struct StopControl {
+    execution: Execution,
+    grace: Duration,
+    interrupt: tokio::signal::unix::Signal,
+    terminate_signal: tokio::signal::unix::Signal,
+    requests: u32,
+    timed_out: bool,
+}
+
+impl StopControl {
+    fn new(execution: Execution, grace: Duration) -> Result<Self, Failure> {
+        let listen = |kind| signal(kind).map_err(|error| Failure::host(anyhow::anyhow!("failed to listen for signals: {error}")));
+        Ok(Self {
+            execution,
+            grace,
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate_signal: listen(SignalKind::terminate())?,
+            requests: 0,
+            timed_out: false,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM.
+    async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate_signal.recv() => {}
+        }
+    }
+
+    /// Acts on a stop request and returns what to tell the user.
+    fn escalate(&mut self) -> String {
+        self.requests += 1;
+        if self.requests == 1 && !self.timed_out {
+            self.terminate();
+            format!("stopping the app (grace period {}); press Ctrl-C again to kill it", humantime::format_duration(self.grace))
+        } else {
+            let execution = self.execution.clone();
+            tokio::spawn(async move {
+                if let Err(error) = execution.kill().await {
+                    tracing::error!(%error, "kill failed");
+                }
+            });
+            "killing the app".to_string()
+        }
+    }
+
+    fn terminate(&self) {
+        let execution = self.execution.clone();
+        let grace = self.grace;
+        tokio::spawn(async move {
+            if let Err(error) = execution.terminate(grace).await {
+                tracing::error!(%error, "terminate failed");
+            }
+        });
+    }
+
+    /// A backend reports the host's own timeout stop as a cancellation; it is a timeout.
+    fn adjust(&self, status: ExecutionStatus) -> ExecutionStatus {
+        match status.state() {
+            Some(ExecutionState::Cancelled { forced }) if self.timed_out && self.requests == 0 => {
+                let mut adjusted = ExecutionStatus::new(ExecutionState::TimedOut { forced: *forced });
+                adjusted.started_at = status.started_at;
+                adjusted.ended_at = status.ended_at;
+                adjusted.metadata = status.metadata;
+                adjusted
+            }
+            _ => status,
+        }
+    }
+}
+
+async fn sleep_until_deadline(deadline: Option<Duration>) {
+    match deadline {
+        Some(after) => tokio::time::sleep(after).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Maps a terminal status to the exit code of `tower-host run`.
+pub fn exit_code_of(status: &ExecutionStatus) -> u8 {
+    match status.state() {
+        Some(ExecutionState::Exited) => 0,
+        Some(ExecutionState::Crashed { exit_code, signal, .. }) => match (exit_code.into_option(), signal.into_option()) {
+            (_, Some(signal)) => 128u8.wrapping_add(signal as u8),
+            (Some(code), None) if code != 0 => code as u8,
+            // A crash without a usable code, such as OOMKilled with exit code 0.
+            _ => exit_code::FAILED,
+        },
+        Some(ExecutionState::Cancelled { .. }) => exit_code::CANCELLED,
+        Some(ExecutionState::TimedOut { .. }) => exit_code::TIMED_OUT,
+        _ => exit_code::FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_follows_shell_conventions() {
+        assert_eq!(exit_code_of(&ExecutionStatus::new(ExecutionState::Exited)), 0);
+        assert_eq!(exit_code_of(&ExecutionStatus::new(ExecutionState::crashed_with_code(138))), 138);
+        assert_eq!(exit_code_of(&ExecutionStatus::new(ExecutionState::crashed_by_signal(11))), 139);
+        assert_eq!(exit_code_of(&ExecutionStatus::new(ExecutionState::Cancelled { forced: false })), exit_code::CANCELLED);
+        assert_eq!(exit_code_of(&ExecutionStatus::new(ExecutionState::TimedOut { forced: true })), exit_code::TIMED_OUT);
+        assert_eq!(exit_code_of(&ExecutionStatus::new(ExecutionState::lost("gone"))), exit_code::FAILED);
+    }
+}

@@ -1,0 +1,133 @@
+//! Support for the cross-crate integration tests: where the built host and plugins are, and
+//! helpers to run the host binary in a temp folder.
+//!
+//! The tests use the artifacts of `cargo build --workspace`, in the same target folder as the
+//! test binaries; `cargo test` alone does not build `cdylib` plugins or the host binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Returns the target folder of the current profile (`target/debug`), from the test binary's path
+/// (`target/debug/deps/<test>`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let deps = exe.parent().expect("the test binary is in target/<profile>/deps");
+    deps.parent().expect("deps is inside target/<profile>").to_path_buf()
+}
+
+fn artifact(file_name: &str) -> PathBuf {
+    let path = profile_dir().join(file_name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first with `cargo build --workspace` (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Returns the `tower-host` binary.
+pub fn host_binary() -> PathBuf {
+    artifact("tower-host")
+}
+
+/// Returns a shipped plugin, such as `subprocess`.
+pub fn shipped_plugin(name: &str) -> PathBuf {
+    artifact(&format!("libtower_plugin_{}{}", name.replace('-', "_"), std::env::consts::DLL_SUFFIX))
+}
+
+/// Returns a fixture library, such as `scripted` or `other-major`.
+pub fn fixture_plugin(name: &str) -> PathBuf {
+    artifact(&format!("libtower_fixture_{}{}", name.replace('-', "_"), std::env::consts::DLL_SUFFIX))
+}
+
+/// Returns the repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
+}
+
+/// Returns a sample app folder under `examples/`.
+pub fn example(name: &str) -> PathBuf {
+    repo_root().join("examples").join(name)
+}
+
+/// A temp folder with a config file that selects one plugin file.
+pub struct TestConfig {
+    /// The temp folder; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The config file inside it.
+    pub path: PathBuf,
+}
+
+impl TestConfig {
+    /// Writes a config that loads `plugin` with `settings` (TOML lines for `[backend.settings]`).
+    pub fn new(plugin: &Path, settings: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp folder");
+        let path = dir.path().join("host.toml");
+        let text = format!("[backend]\npath = {:?}\n\n[backend.settings]\n{settings}\n", plugin.display().to_string());
+        std::fs::write(&path, text).expect("write config");
+        Self { dir, path }
+    }
+
+    /// Writes a config from full TOML text.
+    pub fn from_text(text: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp folder");
+        let path = dir.path().join("host.toml");
+        std::fs::write(&path, text).expect("write config");
+        Self { dir, path }
+    }
+}
+
+/// Returns a `tower-host` command with `--config`, its output captured and stdin closed.
+pub fn host(config: Option<&Path>) -> Command {
+    let mut command = Command::new(host_binary());
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+}
+
+/// The captured result of a host run.
+pub struct HostOutput {
+    /// Exit code; `None` when a signal killed the host.
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl HostOutput {
+    /// Parses stdout as JSON lines.
+    pub fn json_events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("invalid JSON line {line:?}: {error}")))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for HostOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs a command to completion and captures its output.
+pub fn capture(command: &mut Command) -> HostOutput {
+    let Output { status, stdout, stderr } = command.output().expect("tower-host starts");
+    HostOutput {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Copies a file into `dir` under `name`, keeping it private (mode 0755 for the copy).
+pub fn copy_plugin(from: &Path, dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.join(name);
+    std::fs::copy(from, &to).expect("copy plugin");
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod plugin");
+    to
+}
