@@ -24,7 +24,7 @@ pub enum ConfigError {
     Invalid {
         /// `FILE:LINE:COLUMN`.
         location: String,
-        /// What is wrong, naming the key.
+        /// The problem, naming the key.
         message: String,
     },
 }
@@ -35,13 +35,13 @@ pub enum ConfigError {
 pub struct Config {
     /// The backend plugin and its settings.
     pub backend: BackendConfig,
-    /// Where plugins are looked up by name.
+    /// The plugin search folders.
     #[serde(default)]
     pub plugins: PluginsConfig,
     /// The host's own log output.
     #[serde(default)]
     pub logging: LoggingConfig,
-    /// Where the configuration came from, for messages.
+    /// The configuration's origin (a file path), for messages.
     #[serde(skip)]
     pub source: String,
 }
@@ -108,7 +108,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// How the backend plugin is chosen.
+/// The configured choice of backend plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSelector {
     /// Looked up by name in the search folders.

@@ -1,4 +1,4 @@
-//! How a command fails: the message printed once at the edge, and the exit code.
+//! Command failures: the message printed once at the edge, and the exit code.
 
 use crate::exit_code;
 
@@ -7,7 +7,7 @@ use crate::exit_code;
 pub struct Failure {
     /// The exit code.
     pub code: u8,
-    /// What failed, with its causes.
+    /// The error, with its causes.
     pub error: anyhow::Error,
 }
 
@@ -17,7 +17,7 @@ impl Failure {
         Self { code: exit_code::USAGE, error: error.into() }
     }
 
-    /// The plugin or the host failed.
+    /// Creates a failure of the plugin or the host.
     pub fn host(error: impl Into<anyhow::Error>) -> Self {
         Self { code: exit_code::HOST_FAILURE, error: error.into() }
     }

@@ -1,7 +1,7 @@
 //! The library behind the `tower-host` binary: configuration, plugin loading and the commands.
 //!
-//! The binary only parses arguments and prints the final error; everything else lives here so
-//! that other front ends (a service, a conformance runner) reuse the same pieces.
+//! The binary only parses arguments and prints the final error. Everything else lives here, so
+//! other front ends (a service, a conformance runner) reuse the same pieces.
 
 pub mod backend_setup;
 pub mod cli;

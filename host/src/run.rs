@@ -104,7 +104,7 @@ fn stage_input(input: &Path) -> Result<StagedInput, Failure> {
     Ok(StagedInput { archive, sha256, manifest, app_name, _temp: temp })
 }
 
-/// The app's name: the Towerfile's `[app] name` for a folder, else the file name.
+/// Returns the app's name: the Towerfile's `[app] name` for a folder, else the file name.
 fn app_name_of(input: &Path) -> String {
     if input.is_dir() {
         if let Ok(towerfile) = tower_package::Towerfile::from_path(&input.join("Towerfile")) {
@@ -216,7 +216,7 @@ impl StopControl {
         });
     }
 
-    /// A backend reports the host's own timeout stop as a cancellation; it is a timeout.
+    /// Rewrites the cancellation that follows the host's own timeout stop into a timeout.
     fn adjust(&self, status: ExecutionStatus) -> ExecutionStatus {
         match status.state() {
             Some(ExecutionState::Cancelled { forced }) if self.timed_out && self.requests == 0 => {

@@ -1,5 +1,6 @@
-//! The host's side of a loaded backend: every plugin call runs on a blocking thread so the async
-//! runtime never waits on plugin code, and every error is wrapped with the plugin name.
+//! The host's side of a loaded backend. Every plugin call of this module runs on a blocking
+//! thread, so the async runtime does not wait on plugin code, and every error carries the plugin
+//! name.
 
 use super::LoadedPlugin;
 use abi_stable::{
@@ -24,7 +25,7 @@ const EVENT_BUFFER: usize = 256;
 pub struct PluginCallError {
     /// The plugin name.
     pub plugin: String,
-    /// What the host asked for (`create execution run-1`).
+    /// The requested operation (`create execution run-1`).
     pub operation: String,
     /// The plugin's error.
     pub error: PluginError,
@@ -147,7 +148,7 @@ impl Execution {
 /// The events of one execution, ending with exactly one terminal status.
 ///
 /// When the plugin drops every copy of the execution's sink before a terminal status (a plugin
-/// task that panicked does), the stream ends with a `failed` status that says so.
+/// task that panicked does), the stream ends with a `failed` status that explains this.
 pub struct EventStream {
     receiver: Option<mpsc::Receiver<ExecutionEvent>>,
     ended: bool,

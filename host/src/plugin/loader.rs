@@ -11,7 +11,7 @@ use tower_plugin_api::{
     ApiVersion, API_VERSION, API_VERSION_SYMBOL,
 };
 
-/// Why a plugin file could not be loaded. Every variant names the file.
+/// A failure to load a plugin file. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// No file at the path, or no plugin of that name in the search folders.
@@ -19,7 +19,7 @@ pub enum LoadError {
     NotFound {
         /// The file.
         path: PathBuf,
-        /// What to do.
+        /// The next step for the operator.
         hint: String,
     },
     /// The file or its folder can be changed by other users.

@@ -22,9 +22,9 @@
 //!   multi-threaded runtime; every method runs inside it, so `tokio::spawn` works there. Never
 //!   hand a runtime handle, a task or a channel of the plugin's tokio to the host, or the reverse.
 //! - A panic in a method becomes an [`ErrorKind::Internal`](crate::ErrorKind) error with the
-//!   panic message. A panic in a task the plugin spawned cannot be caught by the SDK: hold the
-//!   [`EventSink`] only in the tasks that drive an execution, so that when such a task dies the
-//!   sink is dropped and the host reports the execution as failed.
+//!   panic message. The SDK cannot catch a panic in a task the plugin spawned. So hold the
+//!   [`EventSink`] only in the tasks that drive an execution: when such a task dies, its sink is
+//!   dropped and the host reports the execution as failed.
 //! - `tracing` events of the plugin reach the host's subscriber, tagged with the plugin name.
 //!   Never install a subscriber of your own.
 //! - Settings structs use `#[serde(deny_unknown_fields)]`, so that a misspelled key fails at load
@@ -73,8 +73,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn create(&self, spec: ExecutionSpec, events: EventSink) -> impl Future<Output = Result<Self::Execution, PluginError>>;
 
     /// Reattaches to an execution created by a previous host process. The default reports
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind); say in [`Capabilities::recovery`] whether
-    /// this is implemented.
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind). Set [`Capabilities::recovery`] when an
+    /// implementation overrides it.
     fn recover(&self, run_id: String, events: EventSink) -> impl Future<Output = Result<Self::Execution, PluginError>> {
         drop(events);
         async move { Err(PluginError::unsupported(format!("cannot recover execution `{run_id}`: this backend does not support recovery"))) }

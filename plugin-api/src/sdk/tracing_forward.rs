@@ -1,7 +1,7 @@
 //! Forwards the plugin's `tracing` events to the host.
 //!
-//! A `cdylib` links its own copy of `tracing`, whose global dispatcher is not the host's; without
-//! this layer every event of the plugin would go nowhere. Installed once per library.
+//! A `cdylib` links its own copy of `tracing`, whose global dispatcher is not the host's. Without
+//! this layer, every event of the plugin would go nowhere. It is installed once per library.
 
 use crate::{
     ffi::{TraceEvent, TraceLevel, TracingSinkBox},
