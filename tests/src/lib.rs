@@ -131,3 +131,53 @@ pub fn copy_plugin(from: &Path, dir: &Path, name: &str) -> PathBuf {
     std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod plugin");
     to
 }
+
+/// Tells whether this run is CI (`CI=true`), where a missing prerequisite fails a test instead of
+/// skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Skips the calling test (returns `true`) when a prerequisite is missing, saying why; in CI it
+/// panics instead, because CI installs every prerequisite.
+pub fn skip_unless(available: bool, what: &str) -> bool {
+    if available {
+        return false;
+    }
+    let message = format!("{what}; run `bash .ci/setup` to install it");
+    assert!(!in_ci(), "missing test prerequisite in CI: {message}");
+    eprintln!("skipped: {message}");
+    true
+}
+
+/// Returns the `uv` binary on `PATH`, if any.
+pub fn find_uv() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|folder| folder.join("uv")).find(|candidate| candidate.is_file())
+}
+
+/// Returns the folder of wheels that Python sample apps install offline, if it was filled.
+pub fn wheels_dir() -> Option<PathBuf> {
+    let dir = repo_root().join("tests/wheels");
+    let filled = std::fs::read_dir(&dir).ok()?.filter_map(Result::ok).any(|entry| entry.path().extension().is_some_and(|ext| ext == "whl"));
+    filled.then_some(dir)
+}
+
+/// A config for the subprocess plugin with a private work folder, and uv set up to install only
+/// from the local wheels folder (no network).
+pub fn subprocess_config(wheels: &Path) -> TestConfig {
+    let work = tempfile::tempdir().expect("temp folder");
+    let work_path = work.path().to_path_buf();
+    // The uv cache is shared between tests so that each wheel is unpacked once.
+    let cache = std::env::temp_dir().join("tower-host-tests-uv-cache");
+    let settings = format!(
+        "work_dir = {:?}\nuv_cache_dir = {:?}\nuv_args = [\"--offline\", \"--no-index\", \"--find-links\", {:?}]\ninstall_uv = false\n",
+        work_path.display().to_string(),
+        cache.display().to_string(),
+        wheels.display().to_string()
+    );
+    let config = TestConfig::new(&shipped_plugin("subprocess"), &settings);
+    // The work folder lives as long as the config's own temp folder.
+    std::mem::forget(work);
+    config
+}

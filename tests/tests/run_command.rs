@@ -224,3 +224,13 @@ fn second_ctrl_c_kills_without_waiting_for_grace() {
     assert_eq!(status["forced"], true);
     assert!(started.elapsed() < Duration::from_secs(20), "waited for the grace period: {:?}", started.elapsed());
 }
+
+#[test]
+fn plugin_tracing_reaches_host_log_with_plugin_name() {
+    let config = scripted();
+    let output = capture(host(Some(&config.path)).arg("run").arg(example("hello-world")).args(["--id", "traced-1"]).env("RUST_LOG", "info"));
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let line = output.stderr.lines().find(|line| line.contains("scripted execution created")).expect("the plugin's event is in the host log");
+    assert!(line.contains("plugin=\"scripted\""), "{line}");
+    assert!(line.contains("execution.id=\"traced-1\""), "{line}");
+}

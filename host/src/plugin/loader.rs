@@ -207,13 +207,22 @@ struct HostTracingSink {
 
 impl TracingSinkFfi for HostTracingSink {
     fn event(&self, event: TraceEvent) {
-        let fields = event.fields.iter().map(|pair| format!("{}={}", pair.key, pair.value)).collect::<Vec<_>>().join(" ");
+        // The execution id gets a field of its own, as in the host's spans; the rest are joined.
+        let execution_id = event.fields.iter().rev().find(|pair| pair.key == "execution.id").map(|pair| pair.value.to_string());
+        let execution_id = execution_id.as_deref().unwrap_or("");
+        let fields = event
+            .fields
+            .iter()
+            .filter(|pair| pair.key != "execution.id")
+            .map(|pair| format!("{}={}", pair.key, pair.value))
+            .collect::<Vec<_>>()
+            .join(" ");
         let plugin = self.plugin.as_str();
         let target = event.target.as_str();
         let message = event.message.as_str();
         macro_rules! emit {
             ($level:expr) => {
-                tracing::event!(target: "tower_host::plugin", $level, plugin, plugin.target = target, plugin.fields = fields.as_str(), "{message}")
+                tracing::event!(target: "tower_host::plugin", $level, plugin, execution.id = execution_id, plugin.target = target, plugin.fields = fields.as_str(), "{message}")
             };
         }
         match event.level {
