@@ -1,0 +1,324 @@
+//! One execution: the task that drives it from the pod's watch to one terminal status, and the
+//! handle the host holds.
+
+use crate::api::{status_code, to_plugin_error, with_retries};
+use crate::logs::{LogFollower, Tails};
+use crate::pod_spec::ObjectNames;
+use crate::pod_view::PodView;
+use crate::settings::Settings;
+use crate::status_map::{observe, APP_CONTAINER, SETUP_CONTAINER, UNPACK_CONTAINER};
+use crate::{transfer, watcher};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{Api, DeleteParams};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tower_plugin_api::sdk::{EventSink, Execution};
+use tower_plugin_api::{
+    Channel, ErrorKind, ExecutionState, ExecutionStatus, FailureStageKind, PluginError, ServiceEndpoint, Timestamp,
+};
+
+/// Time added to the grace period before a terminate forces the pod away.
+const FORCE_MARGIN: Duration = Duration::from_secs(10);
+/// How long to wait for a pod deleted with grace 0 to disappear.
+const FORCED_DELETE_WAIT: Duration = Duration::from_secs(60);
+
+/// The parts of an execution shared by its driver task and its handle.
+pub struct Shared {
+    /// The run id.
+    pub run_id: String,
+    /// The names of its objects.
+    pub names: ObjectNames,
+    /// The namespace.
+    pub namespace: String,
+    /// The pods API of the namespace.
+    pub pods: Api<Pod>,
+    /// The secrets API of the namespace.
+    pub secrets: Api<Secret>,
+    /// The services API of the namespace.
+    pub services: Api<Service>,
+    /// The backend's settings.
+    pub settings: Arc<Settings>,
+    /// The service port, when a service is exposed.
+    pub service_port: Option<u16>,
+    /// When the backend accepted the execution.
+    pub started_at: Timestamp,
+    /// The latest status reported.
+    pub status: Mutex<ExecutionStatus>,
+    /// The stop request, once terminate or kill was called.
+    pub stop: Mutex<Option<StopRequest>>,
+    /// The pod as the watch last saw it.
+    pub view: watch::Receiver<PodView>,
+    /// Whether the terminal status was delivered.
+    pub done: watch::Receiver<bool>,
+}
+
+/// A request to stop the execution.
+#[derive(Debug, Clone, Copy)]
+pub struct StopRequest {
+    /// Whether the pod had to be (or was asked to be) deleted without grace.
+    pub forced: bool,
+}
+
+impl Shared {
+    fn stop_request(&self) -> Option<StopRequest> {
+        *self.stop.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_status(&self, status: ExecutionStatus) {
+        *self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = status;
+    }
+
+    fn status_with(&self, state: ExecutionState, ended: bool) -> ExecutionStatus {
+        let mut status = ExecutionStatus::new(state)
+            .started(Some(self.started_at))
+            .with_metadata("pod", self.names.pod.clone())
+            .with_metadata("namespace", self.namespace.clone());
+        if ended {
+            status = status.ended(Some(Timestamp::now()));
+        }
+        status
+    }
+
+    async fn delete_pod(&self, grace_seconds: u32) -> Result<(), PluginError> {
+        let params = DeleteParams { grace_period_seconds: Some(grace_seconds), ..DeleteParams::default() };
+        match with_retries("delete the pod", || self.pods.delete(&self.names.pod, &params)).await {
+            Ok(_) => Ok(()),
+            Err(error) if status_code(&error) == Some(404) => Ok(()),
+            Err(error) => Err(to_plugin_error(&format!("delete pod `{}`", self.names.pod), &error)),
+        }
+    }
+
+    /// Waits until the watch saw the pod disappear; returns `false` on timeout.
+    async fn wait_gone(&self, limit: Duration) -> bool {
+        let mut view = self.view.clone();
+        tokio::time::timeout(limit, view.wait_for(|view| view.gone)).await.is_ok_and(|seen| seen.is_ok())
+    }
+}
+
+/// What the driver task needs besides the shared parts.
+pub struct DriverInputs {
+    /// Where the events go.
+    pub events: EventSink,
+    /// The archive to send, or `None` when reattaching to a pod that has it already.
+    pub archive: Option<(tempfile::TempPath, PathBuf)>,
+    /// Publishes the pod's changes.
+    pub view_sender: watch::Sender<PodView>,
+    /// Marks the terminal status as delivered.
+    pub done_sender: watch::Sender<bool>,
+    /// Whether the app is a Python app, which has a `setup` init container.
+    pub python: bool,
+}
+
+/// Drives an execution to its terminal status: watches the pod, sends the package, follows the
+/// logs, maps each change to a status, and delivers the terminal status after the last log line.
+pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
+    let DriverInputs { events, archive, view_sender, done_sender, python } = inputs;
+    let created = Instant::now();
+    let pending_limit = Duration::from_secs(shared.settings.pending_timeout_seconds);
+    let mut view = view_sender.subscribe();
+    tokio::spawn(watcher::watch_pod(shared.pods.clone(), shared.names.pod.clone(), view_sender));
+
+    // The logs of every container, in order.
+    let mut containers = vec![(UNPACK_CONTAINER.to_string(), Channel::Setup)];
+    if python {
+        containers.push((SETUP_CONTAINER.to_string(), Channel::Setup));
+    }
+    containers.push((APP_CONTAINER.to_string(), Channel::Program));
+    let tails = Tails::default();
+    let follower = LogFollower {
+        pods: shared.pods.clone(),
+        pod: shared.names.pod.clone(),
+        containers,
+        view: view.clone(),
+        events: events.clone(),
+        tails: tails.clone(),
+    };
+    let mut logs = tokio::spawn(follower.run());
+
+    // The package, once the unpack container runs.
+    let mut transfer = match archive {
+        Some((temp, path)) => {
+            let (pods, pod, view) = (shared.pods.clone(), shared.names.pod.clone(), view.clone());
+            tokio::spawn(async move {
+                let result = transfer::send_package(pods, pod, &path, view).await;
+                drop(temp);
+                result
+            })
+        }
+        None => tokio::spawn(async { Ok(0) }),
+    };
+    let mut transfer_done = false;
+
+    // Status changes, until the terminal one.
+    let mut reported = None;
+    let mut failed_init = None;
+    let pending_deadline = tokio::time::sleep(pending_limit);
+    tokio::pin!(pending_deadline);
+    let terminal = loop {
+        tokio::select! {
+            changed = view.changed() => {
+                if changed.is_err() {
+                    break ExecutionState::lost("the watch on the pod stopped");
+                }
+            }
+            result = &mut transfer, if !transfer_done => {
+                transfer_done = true;
+                match result {
+                    Ok(Ok(bytes)) => tracing::debug!(execution.id = %shared.run_id, bytes, "package sent"),
+                    Ok(Err(message)) if shared.stop_request().is_none() => {
+                        let _ = shared.delete_pod(0).await;
+                        let message = format!("the package could not be sent to pod `{}`: {message}", shared.names.pod);
+                        break ExecutionState::failed(ErrorKind::Unavailable, FailureStageKind::Setup, message, true);
+                    }
+                    Ok(Err(_)) => {}
+                    Err(join_error) => tracing::warn!(%join_error, "the package transfer task failed"),
+                }
+                continue;
+            }
+            _ = &mut pending_deadline => {}
+        }
+
+        let current = view.borrow_and_update().clone();
+        let stop = shared.stop_request();
+        let observation = current.pod.as_ref().map(|pod| observe(pod, created.elapsed(), pending_limit));
+        if let Some(observation) = &observation {
+            if observation.state.is_terminal() {
+                if let Some(stop) = stop {
+                    break ExecutionState::Cancelled { forced: stop.forced };
+                }
+                if observation.delete_pod {
+                    let _ = shared.delete_pod(0).await;
+                }
+                failed_init = observation.failed_init_container.clone();
+                break observation.state.clone();
+            }
+        }
+        if current.gone {
+            break match stop {
+                Some(stop) => ExecutionState::Cancelled { forced: stop.forced },
+                None => ExecutionState::failed(
+                    ErrorKind::Unavailable,
+                    FailureStageKind::Platform,
+                    format!("pod `{}` was deleted outside tower-host", shared.names.pod),
+                    true,
+                ),
+            };
+        }
+        if let Some(observation) = observation {
+            if reported.as_ref() != Some(&observation.state) && stop.is_none() {
+                let status = shared.status_with(observation.state.clone(), false);
+                shared.set_status(status.clone());
+                events.status(status);
+                reported = Some(observation.state);
+            }
+        }
+    };
+
+    // Every log line before the terminal status, within the drain limit.
+    let drain = Duration::from_secs(shared.settings.log_drain_seconds);
+    if tokio::time::timeout(drain, &mut logs).await.is_err() {
+        tracing::warn!(execution.id = %shared.run_id, pod = %shared.names.pod, "log stream did not end within {drain:?} after the pod ended; stopped following it");
+        logs.abort();
+    }
+    if !transfer_done {
+        transfer.abort();
+    }
+
+    let terminal = match (terminal, failed_init) {
+        (ExecutionState::Failed { code, stage, message, retryable }, Some(container)) => {
+            let tail = tails.of(&container);
+            let message = if tail.is_empty() { message.to_string() } else { format!("{message}; last lines of its log:\n{tail}") };
+            ExecutionState::Failed { code, stage, message: message.into(), retryable }
+        }
+        (terminal, _) => terminal,
+    };
+    let status = shared.status_with(terminal, true);
+    shared.set_status(status.clone());
+    events.status(status);
+    let _ = done_sender.send(true);
+}
+
+/// The handle of one execution.
+pub struct KubernetesExecution {
+    /// The parts shared with the driver task.
+    pub shared: Arc<Shared>,
+}
+
+impl KubernetesExecution {
+    async fn stop(&self, grace: Duration, forced: bool) -> Result<(), PluginError> {
+        if *self.shared.done.borrow() {
+            return Ok(());
+        }
+        {
+            let mut stop = self.shared.stop.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let forced = forced || stop.is_some_and(|stop| stop.forced);
+            *stop = Some(StopRequest { forced });
+        }
+        let grace_seconds = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
+        self.shared.delete_pod(grace_seconds).await?;
+        if !self.shared.wait_gone(grace + FORCE_MARGIN).await {
+            tracing::info!(execution.id = %self.shared.run_id, pod = %self.shared.names.pod, "the pod outlived its grace period; deleting it with grace 0");
+            *self.shared.stop.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(StopRequest { forced: true });
+            self.shared.delete_pod(0).await?;
+            if !self.shared.wait_gone(FORCED_DELETE_WAIT).await {
+                return Err(PluginError::new(
+                    ErrorKind::TimedOut,
+                    format!("pod `{}` still exists {}s after a delete with grace 0", self.shared.names.pod, FORCED_DELETE_WAIT.as_secs()),
+                ));
+            }
+        }
+        let mut done = self.shared.done.clone();
+        let _ = tokio::time::timeout(FORCE_MARGIN, done.wait_for(|done| *done)).await;
+        Ok(())
+    }
+}
+
+impl Execution for KubernetesExecution {
+    async fn status(&self) -> Result<ExecutionStatus, PluginError> {
+        Ok(self.shared.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
+    }
+
+    async fn terminate(&self, grace: Duration) -> Result<(), PluginError> {
+        self.stop(grace, false).await
+    }
+
+    async fn kill(&self) -> Result<(), PluginError> {
+        self.stop(Duration::ZERO, true).await
+    }
+
+    fn service_endpoint(&self) -> Result<Option<ServiceEndpoint>, PluginError> {
+        let (Some(service), Some(port)) = (&self.shared.names.service, self.shared.service_port) else {
+            return Ok(None);
+        };
+        let host = format!("{service}.{}.svc.cluster.local", self.shared.namespace);
+        Ok(Some(ServiceEndpoint { host: host.into(), port }))
+    }
+
+    async fn cleanup(&self) -> Result<(), PluginError> {
+        if !*self.shared.done.borrow() {
+            self.stop(Duration::ZERO, true).await?;
+        }
+        if self.shared.settings.keep_finished_pods {
+            return Ok(());
+        }
+        let grace = u32::try_from(self.shared.settings.delete_grace_seconds).unwrap_or(u32::MAX);
+        self.shared.delete_pod(grace).await?;
+        let params = DeleteParams::default();
+        let secret = &self.shared.names.secret;
+        match with_retries("delete the secret", || self.shared.secrets.delete(secret, &params)).await {
+            Ok(_) => {}
+            Err(error) if status_code(&error) == Some(404) => {}
+            Err(error) => return Err(to_plugin_error(&format!("delete secret `{secret}`"), &error)),
+        }
+        if let Some(service) = &self.shared.names.service {
+            match with_retries("delete the service", || self.shared.services.delete(service, &params)).await {
+                Ok(_) => {}
+                Err(error) if status_code(&error) == Some(404) => {}
+                Err(error) => return Err(to_plugin_error(&format!("delete service `{service}`"), &error)),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,291 @@
+//! Following the logs of the pod's containers, in order, for as long as the pod lives.
+//!
+//! Each line is requested with its timestamp. When a stream breaks while the container still runs,
+//! the follower reconnects from the last timestamp it saw. The API takes `sinceTime` in whole
+//! seconds, so the new stream repeats lines; the cursor drops lines older than the last one
+//! delivered, and of the lines with exactly that timestamp, as many as were already delivered.
+
+use crate::api::{is_transient, status_code};
+use crate::pod_view::{ContainerProgress, PodView};
+use futures_util::AsyncBufReadExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, LogParams};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tower_plugin_api::sdk::{EventSink, LogLine};
+use tower_plugin_api::{Channel, LogFlags, Stream, Timestamp};
+
+/// Longest line piece delivered as one record; longer lines are split and flagged.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Lines of each container kept for the message of a failed init container.
+const TAIL_LINES: usize = 20;
+/// Failed log requests in a row before the follower gives up on a container.
+const MAX_FAILED_REQUESTS: u32 = 10;
+/// Wait between log requests after a failure or a broken stream.
+const RETRY_DELAY: Duration = Duration::from_millis(300);
+
+/// The last lines of each container, for failure messages.
+#[derive(Default, Clone)]
+pub struct Tails(Arc<Mutex<Vec<(String, VecDeque<String>)>>>);
+
+impl Tails {
+    fn push(&self, container: &str, line: &str) {
+        let mut tails = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = match tails.iter().position(|(name, _)| name == container) {
+            Some(index) => index,
+            None => {
+                tails.push((container.to_string(), VecDeque::new()));
+                tails.len() - 1
+            }
+        };
+        let tail = &mut tails[index].1;
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_string());
+    }
+
+    /// Returns the last lines of a container, joined by newlines.
+    pub fn of(&self, container: &str) -> String {
+        let tails = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tails.iter().find(|(name, _)| name == container).map(|(_, lines)| Vec::from(lines.clone()).join("\n")).unwrap_or_default()
+    }
+}
+
+/// Where the follower is in one container's log.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// Timestamp (ns since the epoch) of the last line delivered.
+    last: Option<i64>,
+    /// How many lines with timestamp `last` were delivered.
+    delivered_at_last: usize,
+    /// How many lines with timestamp `last` the current stream has shown.
+    seen_at_last: usize,
+    /// Whether the rest of the current (split) line is being dropped as a repeat.
+    dropping_line: bool,
+}
+
+impl Cursor {
+    /// Starts a new stream.
+    fn reconnect(&mut self) {
+        self.seen_at_last = 0;
+        self.dropping_line = false;
+    }
+
+    /// Decides whether a line with this timestamp is new, and records it if so.
+    fn accept(&mut self, stamp: i64) -> bool {
+        match self.last {
+            Some(last) if stamp < last => false,
+            Some(last) if stamp == last => {
+                self.seen_at_last += 1;
+                if self.seen_at_last <= self.delivered_at_last {
+                    return false;
+                }
+                self.delivered_at_last = self.seen_at_last;
+                true
+            }
+            _ => {
+                self.last = Some(stamp);
+                self.delivered_at_last = 1;
+                self.seen_at_last = 1;
+                true
+            }
+        }
+    }
+
+    /// The `sinceTime` of the next request: the last timestamp rounded down to a second.
+    fn since(&self) -> Option<jiff::Timestamp> {
+        let seconds = self.last?.div_euclid(1_000_000_000);
+        jiff::Timestamp::from_second(seconds).ok()
+    }
+}
+
+/// Follows the logs of the pod's containers in order, delivering them to `events`.
+pub struct LogFollower {
+    /// The pods API of the namespace.
+    pub pods: Api<Pod>,
+    /// The pod.
+    pub pod: String,
+    /// The containers in order, with the channel of each.
+    pub containers: Vec<(String, Channel)>,
+    /// The pod as the watch last saw it.
+    pub view: watch::Receiver<PodView>,
+    /// Where the lines go.
+    pub events: EventSink,
+    /// Last lines per container.
+    pub tails: Tails,
+}
+
+impl LogFollower {
+    /// Follows every container to the end of its log.
+    pub async fn run(mut self) {
+        for (container, channel) in self.containers.clone() {
+            if let Err(error) = self.follow(&container, channel).await {
+                let notice = format!("tower-host: lost the rest of the log of container `{container}`: {error}");
+                tracing::warn!(pod = %self.pod, %container, %error, "gave up following a container log");
+                let mut line = LogLine::new(Stream::Stderr, channel, notice);
+                line.flags = LogFlags::TRUNCATED;
+                self.events.log(vec![line]).await;
+            }
+        }
+    }
+
+    async fn follow(&mut self, container: &str, channel: Channel) -> Result<(), String> {
+        if !self.wait_for_start(container).await {
+            return Ok(());
+        }
+        let mut cursor = Cursor::default();
+        let mut failures = 0;
+        loop {
+            let params = LogParams { container: Some(container.to_string()), follow: true, timestamps: true, since_time: cursor.since(), ..LogParams::default() };
+            cursor.reconnect();
+            match self.pods.log_stream(&self.pod, &params).await {
+                Ok(reader) => {
+                    failures = 0;
+                    let delivered = self.read(reader, container, channel, &mut cursor).await;
+                    if self.view.borrow().progress(container) != ContainerProgress::Running {
+                        // The container ended (or the pod is gone): one more request proves that
+                        // nothing is left after the last line.
+                        if delivered == 0 {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    tracing::debug!(pod = %self.pod, %container, "log stream ended while the container runs; reconnecting");
+                }
+                Err(error) if status_code(&error) == Some(404) || self.view.borrow().gone => return Ok(()),
+                Err(error) => {
+                    failures += 1;
+                    if failures >= MAX_FAILED_REQUESTS && !is_transient(&error) {
+                        return Err(error.to_string());
+                    }
+                    if failures >= MAX_FAILED_REQUESTS * 3 {
+                        return Err(error.to_string());
+                    }
+                    tracing::debug!(pod = %self.pod, %container, %error, "log request failed; retrying");
+                }
+            }
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+    }
+
+    /// Waits until the container has started; returns `false` when it never will.
+    async fn wait_for_start(&mut self, container: &str) -> bool {
+        loop {
+            match self.view.borrow().progress(container) {
+                ContainerProgress::Running | ContainerProgress::Ended => return true,
+                ContainerProgress::NeverStarts => return false,
+                ContainerProgress::NotStarted => {}
+            }
+            if self.view.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Reads one stream to its end and returns how many new lines it delivered.
+    async fn read(&self, reader: impl futures_util::AsyncBufRead + Unpin, container: &str, channel: Channel, cursor: &mut Cursor) -> usize {
+        let mut reader = reader;
+        let mut delivered = 0;
+        let mut line = Vec::new();
+        let mut mid_line = false;
+        loop {
+            line.clear();
+            let read = futures_util::AsyncReadExt::take(&mut reader, MAX_LINE_BYTES as u64).read_until(b'\n', &mut line).await;
+            match read {
+                Ok(0) => return delivered,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(pod = %self.pod, %container, %error, "log stream broke");
+                    return delivered;
+                }
+            }
+            let complete = line.ends_with(b"\n");
+            if complete {
+                line.pop();
+            }
+            let continuation = mid_line;
+            mid_line = !complete;
+            let Some(record) = self.parse(&line, continuation, complete, channel, cursor) else { continue };
+            self.tails.push(container, &record.line);
+            delivered += 1;
+            self.events.log(vec![record]).await;
+        }
+    }
+
+    /// Turns raw bytes into a record, or `None` for a repeated line.
+    fn parse(&self, bytes: &[u8], continuation: bool, complete: bool, channel: Channel, cursor: &mut Cursor) -> Option<LogLine> {
+        let text = String::from_utf8_lossy(bytes);
+        let mut flags = LogFlags::default();
+        if matches!(text, std::borrow::Cow::Owned(_)) {
+            flags |= LogFlags::INVALID_UTF8;
+        }
+        if !complete {
+            flags |= LogFlags::SPLIT;
+        }
+        let (timestamp, content) = if continuation {
+            (None, text.as_ref())
+        } else {
+            match text.split_once(' ') {
+                Some((stamp, rest)) => match Timestamp::parse_rfc3339(stamp) {
+                    Some(parsed) => (Some(parsed), rest),
+                    None => (None, text.as_ref()),
+                },
+                None => (Timestamp::parse_rfc3339(&text), ""),
+            }
+        };
+        if !continuation {
+            cursor.dropping_line = timestamp.is_some_and(|stamp| !cursor.accept(stamp.unix_nanos));
+        }
+        let dropped = cursor.dropping_line;
+        if complete {
+            cursor.dropping_line = false;
+        }
+        if dropped {
+            return None;
+        }
+        let mut record = LogLine::new(Stream::Stdout, channel, content.to_string());
+        record.flags = flags;
+        record.timestamp = timestamp;
+        Some(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_drops_repeats_after_reconnect() {
+        let mut cursor = Cursor::default();
+        assert!(cursor.accept(10));
+        assert!(cursor.accept(20));
+        assert!(cursor.accept(20));
+        cursor.reconnect();
+        assert!(!cursor.accept(10), "older than the last line");
+        assert!(!cursor.accept(20), "first repeat of the last timestamp");
+        assert!(!cursor.accept(20), "second repeat of the last timestamp");
+        assert!(cursor.accept(20), "a third line with the same timestamp is new");
+        assert!(cursor.accept(30));
+    }
+
+    #[test]
+    fn cursor_since_rounds_down_to_second() {
+        let mut cursor = Cursor::default();
+        cursor.accept(1_700_000_000_900_000_000);
+        assert_eq!(cursor.since().unwrap().as_second(), 1_700_000_000);
+    }
+
+    #[test]
+    fn tails_keep_last_lines() {
+        let tails = Tails::default();
+        for index in 0..30 {
+            tails.push("setup", &format!("line {index}"));
+        }
+        let tail = tails.of("setup");
+        assert!(tail.starts_with("line 10\n"), "{tail}");
+        assert!(tail.ends_with("line 29"), "{tail}");
+    }
+}
