@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tower_plugin_api::ExecutionSpec;
 
-/// Why the spec's variables cannot become an environment.
+/// Errors in the spec's variables that an environment cannot contain.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvironmentError {
     /// A name is empty or contains `=` or NUL, which an environment cannot hold.
@@ -74,10 +74,10 @@ pub fn is_allowlisted(name: &OsStr, allowlist: &[String]) -> bool {
 }
 
 impl Environment {
-    /// Builds the environment of an app, in this order, later steps overriding earlier ones:
-    /// the allowlisted host variables; the spec's parameters, secrets and extra variables;
-    /// `PYTHONUNBUFFERED=1`; and `PYTHONPATH` made of the entries already set, then the
-    /// manifest's import paths, then the working folder.
+    /// Builds the environment of an app. Later steps override earlier ones. First come the
+    /// allowlisted host variables, then the spec's parameters, secrets and extra variables, then
+    /// `PYTHONUNBUFFERED=1`. Last, `PYTHONPATH` is set to the entries already set, followed by
+    /// the manifest's import paths and the working folder.
     pub fn for_app(
         host: impl IntoIterator<Item = (OsString, OsString)>,
         allowlist: &[String],
@@ -85,12 +85,7 @@ impl Environment {
         import_paths: &[PathBuf],
         working_dir: &Path,
     ) -> Self {
-        let mut environment = Self::default();
-        for (name, value) in host {
-            if is_allowlisted(&name, allowlist) {
-                environment.vars.insert(name, value);
-            }
-        }
+        let mut environment = Self::from_host(host, allowlist);
         for (_, name, value) in spec_pairs(spec) {
             environment.set(name, value);
         }
@@ -109,6 +104,12 @@ impl Environment {
             environment.vars.insert("PYTHONPATH".into(), joined);
         }
         environment
+    }
+
+    /// Builds an environment of the allowlisted host variables only, for the plugin's own tools.
+    pub fn from_host(host: impl IntoIterator<Item = (OsString, OsString)>, allowlist: &[String]) -> Self {
+        let vars = host.into_iter().filter(|(name, _)| is_allowlisted(name, allowlist)).collect();
+        Self { vars }
     }
 
     /// Returns a copy that activates the virtual environment at `venv`: `VIRTUAL_ENV` is set
@@ -240,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn invalid_names_and_values_are_rejected_without_the_value() {
+    fn invalid_name_and_value_rejected() {
         let mut spec = spec();
         spec.env.push(KeyValue::new("A=B", "x"));
         assert_eq!(

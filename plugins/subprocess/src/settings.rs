@@ -31,7 +31,7 @@ const DEFAULT_ENV_ALLOWLIST: [&str; 6] = ["PATH", "HOME", "LANG", "LC_*", "TZ", 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Folder that holds one folder per execution (`executions/`) and the caches (`cache/`).
+    /// Folder that contains one folder per execution (`executions/`) and the caches (`cache/`).
     /// Default: `tower-host-subprocess` under `$TMPDIR`, or under `/tmp` when `TMPDIR` is not set.
     pub work_dir: Option<PathBuf>,
 
@@ -81,7 +81,7 @@ pub struct Settings {
 
     /// Seconds to wait, after the program exited and its remaining processes were killed, for
     /// stdout and stderr to reach end of file. A process outside the execution's process group
-    /// and cgroup that holds a pipe open is the only way to reach it. Default: 5.
+    /// and cgroup that keeps a pipe open is the only way to reach it. Default: 5.
     pub drain_timeout_seconds: u64,
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tower_package::{Package, PackageError, UnpackLimits};
 use tower_plugin_api::{PackageRef, PackageSource, PluginError};
 
-/// Folder inside the execution folder that holds the unpacked package.
+/// Folder inside the execution folder that contains the unpacked package.
 pub const PACKAGE_DIR_NAME: &str = "package";
 
 /// Random characters appended to the run id in an execution folder name, so that a run id
@@ -17,7 +17,7 @@ const FOLDER_RANDOM_CHARS: usize = 8;
 /// Characters of the run id kept in an execution folder name; cgroup and file names stay short.
 const MAX_RUN_ID_CHARS_IN_NAME: usize = 64;
 
-/// Why staging failed.
+/// Errors of staging.
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {
     /// The package comes from a source this backend cannot read.
