@@ -224,7 +224,7 @@ impl ExecutionStatus {
     /// Tells whether the execution has ended. A state this build does not know counts as ended,
     /// since only terminal states may be added in minor versions.
     pub fn is_terminal(&self) -> bool {
-        self.state().map_or(true, ExecutionState::is_terminal)
+        self.state().is_none_or(ExecutionState::is_terminal)
     }
 
     /// The machine-readable name of the state; `unknown` for a state this build does not know.

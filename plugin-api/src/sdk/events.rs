@@ -86,6 +86,12 @@ impl EventSink {
 
     /// Delivers lines in order from async code. The wait for buffer space happens in
     /// `tokio::task::block_in_place`, so other tasks of the runtime keep running.
+    ///
+    /// # Panics
+    ///
+    /// On a current-thread tokio runtime, where `block_in_place` is not allowed. The SDK runs every
+    /// backend on a multi-thread runtime; in-process tests need `#[tokio::test(flavor =
+    /// "multi_thread")]`.
     pub async fn log(&self, lines: Vec<LogLine>) {
         tokio::task::block_in_place(|| self.log_blocking(lines));
     }
