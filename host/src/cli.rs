@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Runs one execution to completion, streaming its logs.
     Run(RunArgs),
+    /// Serves the HTTP API for a runner until SIGTERM or SIGINT; see `[serve]` in the config.
+    Serve,
     /// Lists and inspects plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),

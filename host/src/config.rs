@@ -1,5 +1,5 @@
 //! The host's TOML configuration: which backend plugin to load, its settings, where to look for
-//! plugins, and logging.
+//! plugins, logging, and the API of `tower-host serve`.
 
 use serde::Deserialize;
 use std::fmt;
@@ -41,6 +41,9 @@ pub struct Config {
     /// The host's own log output.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The API of `tower-host serve`.
+    #[serde(default)]
+    pub serve: crate::serve::config::ServeConfig,
     /// The configuration's origin (a file path), for messages.
     #[serde(skip)]
     pub source: String,
@@ -141,6 +144,7 @@ impl Config {
                 *search_path = base.join(&*search_path);
             }
         }
+        config.serve.resolve_paths(base);
         Ok(config)
     }
 
@@ -166,6 +170,7 @@ impl Config {
             tracing_subscriber::EnvFilter::try_new(&config.logging.level)
                 .map_err(|error| config.invalid(format!("invalid `logging.level` `{}`: {error}", config.logging.level)))?;
         }
+        config.serve.validate().map_err(|message| config.invalid(message))?;
         Ok(config)
     }
 

@@ -12,3 +12,4 @@ pub mod failure;
 pub mod output;
 pub mod plugin;
 pub mod run;
+pub mod serve;

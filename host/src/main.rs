@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use tower_host::cli::{Cli, Command, ConfigCommand, PluginsCommand};
 use tower_host::config::{Config, LogFormat};
 use tower_host::failure::{CommandResult, Failure};
-use tower_host::{commands, run};
+use tower_host::{commands, run, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli, config: Config) -> CommandResult {
     match cli.command {
         Command::Run(args) => run::run(&config, args).await,
+        Command::Serve => serve::serve(&config).await,
         Command::Plugins(PluginsCommand::List) => commands::plugins_list(&config).await,
         Command::Plugins(PluginsCommand::Inspect { plugin }) => commands::plugins_inspect(&config, &plugin).await,
         Command::Config(ConfigCommand::Check { .. }) => commands::config_check(&config).await,

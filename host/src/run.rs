@@ -117,11 +117,7 @@ fn app_name_of(input: &Path) -> String {
 
 fn build_spec(args: &RunArgs, input: &StagedInput) -> Result<ExecutionSpec, Failure> {
     let run_id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    if run_id.is_empty() || run_id.len() > 200 || !run_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "invalid --id `{run_id}`: use at most 200 letters, digits, `-`, `_` and `.`"
-        )));
-    }
+    validate_run_id(&run_id).map_err(|rule| Failure::usage(anyhow::anyhow!("invalid --id `{run_id}`: {rule}")))?;
     let archive = input.archive.to_str().ok_or_else(|| {
         Failure::usage(anyhow::anyhow!("package path {} is not valid UTF-8; rename or move it", input.archive.display()))
     })?;
@@ -155,6 +151,16 @@ fn build_spec(args: &RunArgs, input: &StagedInput) -> Result<ExecutionSpec, Fail
         spec.limits.timeout_seconds = abi_stable::std_types::ROption::RSome(seconds.max(1));
     }
     Ok(spec)
+}
+
+/// Checks an execution id: 1 to 200 letters, digits, `-`, `_` and `.`, and not `.` or `..`,
+/// because backends and `serve` name folders after it. Returns the rule on failure.
+pub fn validate_run_id(run_id: &str) -> Result<(), &'static str> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if run_id.is_empty() || run_id.len() > 200 || !run_id.chars().all(allowed) || run_id == "." || run_id == ".." {
+        return Err("use at most 200 letters, digits, `-`, `_` and `.`, and not `.` or `..`");
+    }
+    Ok(())
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM handling: the first request terminates with the grace period, the

@@ -7,6 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod http;
+pub mod serve;
+
 /// Returns the target folder of the current profile (`target/debug`), from the test binary's path
 /// (`target/debug/deps/<test>`).
 pub fn profile_dir() -> PathBuf {

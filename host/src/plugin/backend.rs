@@ -5,7 +5,7 @@
 use super::LoadedPlugin;
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RVec},
+    std_types::{RResult, RString, RVec},
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +86,19 @@ impl Backend {
         let operation = format!("create execution `{run_id}`");
         let handle = call(&self.plugin.name, &operation, move || ffi.create(spec, sink)).await?;
         let execution = Execution { plugin: self.plugin.name.clone(), run_id, ffi: Arc::new(handle) };
+        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone() }))
+    }
+
+    /// Reattaches to an execution that an earlier host process created. Its events, starting
+    /// with the status and the logs the backend can still read, arrive on the returned stream.
+    pub async fn recover(&self, run_id: &str) -> Result<(Execution, EventStream), PluginCallError> {
+        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
+        let sink = EventSinkFfi_TO::from_value(HostEventSink { sender }, TD_Opaque);
+        let ffi = Arc::clone(&self.ffi);
+        let operation = format!("recover execution `{run_id}`");
+        let id = RString::from(run_id);
+        let handle = call(&self.plugin.name, &operation, move || ffi.recover(id, sink)).await?;
+        let execution = Execution { plugin: self.plugin.name.clone(), run_id: run_id.to_string(), ffi: Arc::new(handle) };
         Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone() }))
     }
 
