@@ -184,3 +184,14 @@ pub fn subprocess_config(wheels: &Path) -> TestConfig {
     std::mem::forget(work);
     config
 }
+
+/// A config for the kubernetes plugin against a kubeconfig, with uv in the pods installing only
+/// from the local wheels folder. `extra` adds TOML lines to `[backend.settings]`.
+pub fn kubernetes_config(kubeconfig: &Path, wheels: Option<&Path>, extra: &str) -> TestConfig {
+    let uv_args = match wheels {
+        Some(wheels) => format!("uv_args = [\"--offline\", \"--no-index\", \"--find-links\", {:?}]\n", wheels.display().to_string()),
+        None => String::new(),
+    };
+    let settings = format!("kubeconfig = {:?}\nnamespace = \"default\"\n{uv_args}{extra}\n", kubeconfig.display().to_string());
+    TestConfig::new(&shipped_plugin("kubernetes"), &settings)
+}

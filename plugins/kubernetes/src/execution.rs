@@ -167,12 +167,13 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
                 transfer_done = true;
                 match result {
                     Ok(Ok(bytes)) => tracing::debug!(execution.id = %shared.run_id, bytes, "package sent"),
-                    Ok(Err(message)) if shared.stop_request().is_none() => {
+                    // A pod that vanished is reported by its watch, as a deletion.
+                    Ok(Err(error)) if shared.stop_request().is_none() && !error.pod_missing => {
                         let _ = shared.delete_pod(0).await;
-                        let message = format!("the package could not be sent to pod `{}`: {message}", shared.names.pod);
+                        let message = format!("the package could not be sent to pod `{}`: {}", shared.names.pod, error.message);
                         break ExecutionState::failed(ErrorKind::Unavailable, FailureStageKind::Setup, message, true);
                     }
-                    Ok(Err(_)) => {}
+                    Ok(Err(error)) => tracing::debug!(execution.id = %shared.run_id, message = %error.message, "package not sent"),
                     Err(join_error) => tracing::warn!(%join_error, "the package transfer task failed"),
                 }
                 continue;
@@ -188,6 +189,9 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
                 if let Some(stop) = stop {
                     break ExecutionState::Cancelled { forced: stop.forced };
                 }
+                if current.pod.as_ref().is_some_and(deleted_before_app_ended) {
+                    break deleted_outside(&shared);
+                }
                 if observation.delete_pod {
                     let _ = shared.delete_pod(0).await;
                 }
@@ -198,12 +202,7 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
         if current.gone {
             break match stop {
                 Some(stop) => ExecutionState::Cancelled { forced: stop.forced },
-                None => ExecutionState::failed(
-                    ErrorKind::Unavailable,
-                    FailureStageKind::Platform,
-                    format!("pod `{}` was deleted outside tower-host", shared.names.pod),
-                    true,
-                ),
+                None => deleted_outside(&shared),
             };
         }
         if let Some(observation) = observation {
@@ -238,6 +237,20 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
     shared.set_status(status.clone());
     events.status(status);
     let _ = done_sender.send(true);
+}
+
+fn deleted_outside(shared: &Shared) -> ExecutionState {
+    let message = format!("pod `{}` was deleted outside tower-host", shared.names.pod);
+    ExecutionState::failed(ErrorKind::Unavailable, FailureStageKind::Platform, message, true)
+}
+
+/// Tells whether someone deleted the pod before its app container ended on its own: the app's end
+/// is then the deletion's doing. Timestamps have whole seconds, so a tie counts as the deletion.
+fn deleted_before_app_ended(pod: &Pod) -> bool {
+    let Some(deleted_at) = &pod.metadata.deletion_timestamp else { return false };
+    let app = pod.status.as_ref().and_then(|status| status.container_statuses.as_ref()).and_then(|statuses| statuses.iter().find(|c| c.name == APP_CONTAINER));
+    let finished_at = app.and_then(|app| app.state.as_ref()).and_then(|state| state.terminated.as_ref()).and_then(|terminated| terminated.finished_at.as_ref());
+    finished_at.is_none_or(|finished| finished.0 >= deleted_at.0)
 }
 
 /// The handle of one execution.

@@ -1,5 +1,4 @@
-//! Kubernetes `Status` errors: the JSON body and HTTP code the API server answers a failed request
-//! with.
+//! Kubernetes `Status` errors: the JSON body and HTTP code of a failed API request.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +21,7 @@ pub struct FieldCause {
 }
 
 impl FieldCause {
-    /// A `FieldValueInvalid` cause: the value is present but breaks a rule.
+    /// Builds a `FieldValueInvalid` cause: the value is present but breaks a rule.
     pub fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
         Self {
             field: field.into(),
@@ -31,17 +30,21 @@ impl FieldCause {
         }
     }
 
-    /// A `FieldValueRequired` cause: the value is missing.
+    /// Builds a `FieldValueRequired` cause: the value is missing.
     pub fn required(field: impl Into<String>, detail: &str) -> Self {
         let message = if detail.is_empty() {
             "Required value".to_owned()
         } else {
             format!("Required value: {detail}")
         };
-        Self { field: field.into(), reason: "FieldValueRequired", message }
+        Self {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            message,
+        }
     }
 
-    /// A `FieldValueDuplicate` cause: the value repeats one given earlier.
+    /// Builds a `FieldValueDuplicate` cause: the value repeats one given earlier.
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
         Self {
             field: field.into(),
@@ -50,7 +53,7 @@ impl FieldCause {
         }
     }
 
-    /// A `FieldValueNotFound` cause: the value names something that does not exist.
+    /// Builds a `FieldValueNotFound` cause: the value names something that does not exist.
     pub fn not_found(field: impl Into<String>, value: &str) -> Self {
         Self {
             field: field.into(),
@@ -59,7 +62,7 @@ impl FieldCause {
         }
     }
 
-    /// A `FieldValueForbidden` cause: the field may not be set or changed.
+    /// Builds a `FieldValueForbidden` cause: the field may not be set or changed.
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         Self {
             field: field.into(),
@@ -71,7 +74,12 @@ impl FieldCause {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -87,8 +95,12 @@ impl ApiError {
 
     /// 409 for a create whose name is taken.
     pub fn already_exists(resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
-            .with_details(json!({"name": name, "kind": resource}))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} \"{name}\" already exists"),
+        )
+        .with_details(json!({"name": name, "kind": resource}))
     }
 
     /// 409 for an update or delete whose precondition (resourceVersion or uid) does not hold.
@@ -116,8 +128,12 @@ impl ApiError {
             .iter()
             .map(|cause| json!({"reason": cause.reason, "message": cause.message, "field": cause.field}))
             .collect::<Vec<_>>();
-        Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"))
-            .with_details(json!({"name": name, "kind": kind, "causes": causes}))
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {summary}"),
+        )
+        .with_details(json!({"name": name, "kind": kind, "causes": causes}))
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -133,7 +149,7 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
-    /// The `reason` the API server uses for an error with this HTTP code.
+    /// Returns the `reason` the API server uses for an error with this HTTP code.
     pub fn reason_for_code(code: u16) -> &'static str {
         match code {
             400 => "BadRequest",
@@ -151,7 +167,7 @@ impl ApiError {
         }
     }
 
-    /// The `Status` object.
+    /// Builds the `Status` object.
     pub fn to_status(&self) -> Value {
         let mut status = json!({
             "kind": "Status",

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -65,11 +65,20 @@ fn prepare(
         .cloned()
         .ok_or_else(|| ApiError::not_found("pods", name))?;
     let container_name = select_container(&pod, query.get("container").map(String::as_str))?;
-    let (want_stdin, want_stdout, want_stderr) = (flag(query, "stdin"), flag(query, "stdout"), flag(query, "stderr"));
+    let (want_stdin, want_stdout, want_stderr) = (
+        flag(query, "stdin"),
+        flag(query, "stdout"),
+        flag(query, "stderr"),
+    );
     if !want_stdin && !want_stdout && !want_stderr {
-        return Err(ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
+        return Err(ApiError::bad_request(
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ));
     }
-    let Some((pod_runtime, container)) = kubelet::container(cluster, meta::uid(&pod), &container_name) else {
+
+    let Some((pod_runtime, container)) =
+        kubelet::container(cluster, meta::uid(&pod), &container_name)
+    else {
         return Err(waiting_error(&container_name, name, "ContainerCreating"));
     };
     match *container.progress.borrow() {
@@ -88,29 +97,40 @@ fn prepare(
         }
         Progress::Running => {}
     }
+
     if want_stdin && !container.spec.stdin.unwrap_or(false) {
         return Err(ApiError::bad_request(format!(
             "container \"{container_name}\" in pod \"{name}\" was not created with stdin: true, so it cannot attach to stdin"
         )));
     }
+
     let upgrade = upgrade.map_err(|_| ApiError::bad_request("Upgrade request required"))?;
     let upgrade = upgrade.protocols([V5, V4]);
     let protocol = match upgrade.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(protocol) => protocol.to_owned(),
         None => {
-            let requested: Vec<String> =
-                upgrade.requested_protocols().filter_map(|p| p.to_str().ok().map(str::to_owned)).collect();
+            let requested: Vec<String> = upgrade
+                .requested_protocols()
+                .filter_map(|p| p.to_str().ok().map(str::to_owned))
+                .collect();
             return Err(ApiError::bad_request(format!(
                 "requested protocol(s) are not supported: {requested:?}; supports [{V5} {V4}]"
             )));
         }
     };
+
     tracing::info!(namespace, pod = name, container = %container_name, %protocol, stdin = want_stdin, "attach session starts");
     let session = Session {
         container,
         v5: protocol == V5,
         stdin: want_stdin,
-        output_channel: if want_stdout { Some(STDOUT) } else if want_stderr { Some(STDERR) } else { None },
+        output_channel: if want_stdout {
+            Some(STDOUT)
+        } else if want_stderr {
+            Some(STDERR)
+        } else {
+            None
+        },
     };
     Ok(upgrade.on_upgrade(move |socket| session.run(socket)))
 }

@@ -17,7 +17,7 @@ pub struct Cluster {
     pub requests: Mutex<RequestCounts>,
     pub kubelet: Kubelet,
     pub options: EmulatorOptions,
-    /// The folder that holds each pod's volumes and working folders, by pod uid.
+    /// The folder that contains each pod's volumes and working folders, by pod uid.
     pub pods_dir: PathBuf,
     /// The variables every container starts with, before its own.
     pub base_env: Vec<(String, OsString)>,
@@ -31,7 +31,12 @@ impl Cluster {
             .iter()
             .filter_map(|name| std::env::var_os(name).map(|value| (name.clone(), value)))
             .collect();
-        base_env.extend(options.extra_env.iter().map(|(name, value)| (name.clone(), value.into())));
+        base_env.extend(
+            options
+                .extra_env
+                .iter()
+                .map(|(name, value)| (name.clone(), value.into())),
+        );
         Self {
             store: Mutex::new(Store::new(options.history_limit)),
             faults: Mutex::default(),
@@ -61,7 +66,7 @@ impl Cluster {
         fired
     }
 
-    /// The next service ClusterIP from 10.96.0.0/12, the API server's default range, starting
+    /// Allocates the next service ClusterIP from 10.96.0.0/12, the API server's default range, starting
     /// after 10.96.0.10 (which clusters give to DNS).
     pub fn allocate_cluster_ip(&self) -> String {
         let offset = 11 + self.next_cluster_ip.fetch_add(1, Ordering::Relaxed);

@@ -20,24 +20,45 @@ use crate::{kubelet, meta, pods};
 
 pub fn router() -> Router<Arc<Cluster>> {
     Router::new()
-        .route("/_emulator/faults", get(list_faults).post(inject_fault).delete(clear_faults))
+        .route(
+            "/_emulator/faults",
+            get(list_faults).post(inject_fault).delete(clear_faults),
+        )
         .route("/_emulator/faults/{id}", delete(remove_fault))
-        .route("/_emulator/requests", get(request_counts).delete(reset_request_counts))
-        .route("/_emulator/pods/{namespace}/{name}/containers", get(containers))
-        .route("/_emulator/pods/{namespace}/{name}/oom-kill", post(oom_kill))
+        .route(
+            "/_emulator/requests",
+            get(request_counts).delete(reset_request_counts),
+        )
+        .route(
+            "/_emulator/pods/{namespace}/{name}/containers",
+            get(containers),
+        )
+        .route(
+            "/_emulator/pods/{namespace}/{name}/oom-kill",
+            post(oom_kill),
+        )
         .route("/_emulator/pods/{namespace}/{name}/evict", post(evict))
-        .route("/_emulator/pods/{namespace}/{name}/delete", post(delete_pod))
+        .route(
+            "/_emulator/pods/{namespace}/{name}/delete",
+            post(delete_pod),
+        )
 }
 
 fn json_response(code: StatusCode, value: Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 fn optional_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))
 }
 
 async fn list_faults(State(cluster): State<Arc<Cluster>>) -> Response {
@@ -47,7 +68,9 @@ async fn list_faults(State(cluster): State<Arc<Cluster>>) -> Response {
 async fn inject_fault(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
     let request: FaultRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(error) => return ApiError::bad_request(format!("invalid fault: {error}")).into_response(),
+        Err(error) => {
+            return ApiError::bad_request(format!("invalid fault: {error}")).into_response()
+        }
     };
     tracing::info!(fault = ?request.fault, times = ?request.times, "fault injected");
     let id = cluster.faults().inject(request.fault, request.times);
@@ -90,32 +113,59 @@ fn pod_uid(cluster: &Cluster, namespace: &str, name: &str) -> Result<String, Api
 }
 
 /// Kills a running container as out of memory.
-pub fn oom_kill_pod(cluster: &Cluster, namespace: &str, name: &str, container: Option<&str>) -> Result<(), ApiError> {
+pub fn oom_kill_pod(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<(), ApiError> {
     let uid = pod_uid(cluster, namespace, name)?;
     if kubelet::oom_kill(cluster, &uid, container) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("pod {namespace}/{name} has no running container to kill")))
+        Err(ApiError::bad_request(format!(
+            "pod {namespace}/{name} has no running container to kill"
+        )))
     }
 }
 
 /// Evicts a pod as the kubelet does under node pressure.
-pub fn evict_pod(cluster: &Cluster, namespace: &str, name: &str, message: Option<String>) -> Result<(), ApiError> {
+pub fn evict_pod(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    message: Option<String>,
+) -> Result<(), ApiError> {
     let uid = pod_uid(cluster, namespace, name)?;
     if kubelet::evict(cluster, &uid, message) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("pod {namespace}/{name} no longer runs")))
+        Err(ApiError::bad_request(format!(
+            "pod {namespace}/{name} no longer runs"
+        )))
     }
 }
 
 /// Deletes a pod as someone else would, with `grace` seconds (0 unless set).
-pub async fn delete_pod_behind(cluster: &Arc<Cluster>, namespace: &str, name: &str, grace: i64) -> Result<Value, ApiError> {
-    tracing::info!(namespace, pod = name, grace, "deleting a pod behind the client's back");
+pub async fn delete_pod_behind(
+    cluster: &Arc<Cluster>,
+    namespace: &str,
+    name: &str,
+    grace: i64,
+) -> Result<Value, ApiError> {
+    tracing::info!(
+        namespace,
+        pod = name,
+        grace,
+        "deleting a pod behind the client's back"
+    );
     pods::delete(cluster, namespace, name, Some(grace)).await
 }
 
-async fn containers(State(cluster): State<Arc<Cluster>>, Path((namespace, name)): Path<(String, String)>) -> Response {
+async fn containers(
+    State(cluster): State<Arc<Cluster>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
     let uid = match pod_uid(&cluster, &namespace, &name) {
         Ok(uid) => uid,
         Err(error) => return error.into_response(),
@@ -136,9 +186,31 @@ async fn containers(State(cluster): State<Arc<Cluster>>, Path((namespace, name))
     json_response(StatusCode::OK, json!(list))
 }
 
-async fn oom_kill(State(cluster): State<Arc<Cluster>>, Path((namespace, name)): Path<(String, String)>, body: Bytes) -> Response {
+async fn oom_kill(
+    State(cluster): State<Arc<Cluster>>,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = optional_body(&body)
+        .and_then(|body| oom_kill_pod(&cluster, &namespace, &name, body["container"].as_str()));
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn evict(
+    State(cluster): State<Arc<Cluster>>,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let result = optional_body(&body).and_then(|body| {
-        oom_kill_pod(&cluster, &namespace, &name, body["container"].as_str())
+        evict_pod(
+            &cluster,
+            &namespace,
+            &name,
+            body["message"].as_str().map(str::to_owned),
+        )
     });
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -146,17 +218,11 @@ async fn oom_kill(State(cluster): State<Arc<Cluster>>, Path((namespace, name)): 
     }
 }
 
-async fn evict(State(cluster): State<Arc<Cluster>>, Path((namespace, name)): Path<(String, String)>, body: Bytes) -> Response {
-    let result = optional_body(&body).and_then(|body| {
-        evict_pod(&cluster, &namespace, &name, body["message"].as_str().map(str::to_owned))
-    });
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => error.into_response(),
-    }
-}
-
-async fn delete_pod(State(cluster): State<Arc<Cluster>>, Path((namespace, name)): Path<(String, String)>, body: Bytes) -> Response {
+async fn delete_pod(
+    State(cluster): State<Arc<Cluster>>,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let grace = match optional_body(&body) {
         Ok(body) => body["gracePeriodSeconds"].as_i64().unwrap_or(0),
         Err(error) => return error.into_response(),

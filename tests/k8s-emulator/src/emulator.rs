@@ -49,9 +49,11 @@ impl Default for EmulatorOptions {
             kubeconfig_path: None,
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(10),
-            pass_env: ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME"]
-                .map(str::to_owned)
-                .to_vec(),
+            pass_env: [
+                "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             extra_env: Vec::new(),
             image_pull_backoff: Duration::from_millis(500),
             config_retry_interval: Duration::from_millis(200),
@@ -79,7 +81,7 @@ pub struct Faults {
     handle: tokio::runtime::Handle,
 }
 
-/// Runs `work` on the emulator's runtime and waits for it; callers may be inside another
+/// Runs `work` on the emulator's runtime and waits for it. Callers may be inside another
 /// runtime, so this blocks the thread instead of entering the emulator's runtime.
 fn run_on<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
@@ -89,7 +91,9 @@ fn run_on<T: Send + 'static>(
     handle.spawn(async move {
         let _ = sender.send(work.await);
     });
-    receiver.recv().expect("the emulator runtime stopped before finishing the work")
+    receiver
+        .recv()
+        .expect("the emulator runtime stopped before finishing the work")
 }
 
 impl Faults {
@@ -122,7 +126,8 @@ impl Faults {
     /// with SIGKILL and reports it `OOMKilled` with exit code 137. Returns false when no such
     /// container runs.
     pub fn oom_kill(&self, namespace: &str, pod: &str, container: Option<&str>) -> bool {
-        let (cluster, namespace, pod) = (self.cluster.clone(), namespace.to_owned(), pod.to_owned());
+        let (cluster, namespace, pod) =
+            (self.cluster.clone(), namespace.to_owned(), pod.to_owned());
         let container = container.map(str::to_owned);
         run_on(&self.handle, async move {
             control::oom_kill_pod(&cluster, &namespace, &pod, container.as_deref()).is_ok()
@@ -132,17 +137,23 @@ impl Faults {
     /// Evicts the pod: every container is killed and the pod fails with reason `Evicted` and
     /// `message` (a memory-pressure message unless set). Returns false when it no longer runs.
     pub fn evict(&self, namespace: &str, pod: &str, message: Option<&str>) -> bool {
-        let (cluster, namespace, pod) = (self.cluster.clone(), namespace.to_owned(), pod.to_owned());
+        let (cluster, namespace, pod) =
+            (self.cluster.clone(), namespace.to_owned(), pod.to_owned());
         let message = message.map(str::to_owned);
-        run_on(&self.handle, async move { control::evict_pod(&cluster, &namespace, &pod, message).is_ok() })
+        run_on(&self.handle, async move {
+            control::evict_pod(&cluster, &namespace, &pod, message).is_ok()
+        })
     }
 
     /// Deletes the pod as another client would, with `grace_seconds`. Returns false when the
     /// pod does not exist.
     pub fn delete_pod(&self, namespace: &str, pod: &str, grace_seconds: i64) -> bool {
-        let (cluster, namespace, pod) = (self.cluster.clone(), namespace.to_owned(), pod.to_owned());
+        let (cluster, namespace, pod) =
+            (self.cluster.clone(), namespace.to_owned(), pod.to_owned());
         run_on(&self.handle, async move {
-            control::delete_pod_behind(&cluster, &namespace, &pod, grace_seconds).await.is_ok()
+            control::delete_pod_behind(&cluster, &namespace, &pod, grace_seconds)
+                .await
+                .is_ok()
         })
     }
 }
@@ -172,7 +183,10 @@ impl Emulator {
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let url = format!("http://{address}");
-        let kubeconfig_path = options.kubeconfig_path.clone().unwrap_or_else(|| root.path().join("kubeconfig"));
+        let kubeconfig_path = options
+            .kubeconfig_path
+            .clone()
+            .unwrap_or_else(|| root.path().join("kubeconfig"));
         kubeconfig::write(&kubeconfig_path, &url, &options.namespace)?;
 
         let pods_dir = root.path().join("pods");
@@ -189,15 +203,21 @@ impl Emulator {
             }
         });
         tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "k8s emulator started");
-        Ok(Emulator { cluster, runtime: Some(runtime), url, kubeconfig_path, _root: root })
+        Ok(Emulator {
+            cluster,
+            runtime: Some(runtime),
+            url,
+            kubeconfig_path,
+            _root: root,
+        })
     }
 
-    /// The server URL, `http://127.0.0.1:PORT`.
+    /// Returns the server URL, `http://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// The kubeconfig that points a client at this emulator.
+    /// Returns the path of the kubeconfig that points a client at this emulator.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
     }
@@ -205,51 +225,97 @@ impl Emulator {
     pub fn faults(&self) -> Faults {
         Faults {
             cluster: self.cluster.clone(),
-            handle: self.runtime.as_ref().expect("the emulator is running").handle().clone(),
+            handle: self
+                .runtime
+                .as_ref()
+                .expect("the emulator is running")
+                .handle()
+                .clone(),
         }
     }
 
-    /// Every stored pod, ordered by namespace and name.
+    /// Returns every stored pod, ordered by namespace and name.
     pub fn pods(&self) -> Vec<Pod> {
-        let objects: Vec<Value> = self.cluster.store().list(Kind::Pod, None).into_iter().cloned().collect();
-        objects.into_iter().filter_map(|object| typed(Some(object))).collect()
+        let objects: Vec<Value> = self
+            .cluster
+            .store()
+            .list(Kind::Pod, None)
+            .into_iter()
+            .cloned()
+            .collect();
+        objects
+            .into_iter()
+            .filter_map(|object| typed(Some(object)))
+            .collect()
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
-        typed(self.cluster.store().get(Kind::Pod, namespace, name).cloned())
+        typed(
+            self.cluster
+                .store()
+                .get(Kind::Pod, namespace, name)
+                .cloned(),
+        )
     }
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
-        typed(self.cluster.store().get(Kind::Secret, namespace, name).cloned())
+        typed(
+            self.cluster
+                .store()
+                .get(Kind::Secret, namespace, name)
+                .cloned(),
+        )
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
-        typed(self.cluster.store().get(Kind::Service, namespace, name).cloned())
+        typed(
+            self.cluster
+                .store()
+                .get(Kind::Service, namespace, name)
+                .cloned(),
+        )
     }
 
-    /// The current resourceVersion of the store.
+    /// Returns the current resourceVersion of the store.
     pub fn resource_version(&self) -> u64 {
         self.cluster.store().resource_version()
     }
 
-    /// A container's output so far, without timestamps.
+    /// Returns a container's output so far, without timestamps.
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
-        let uid = self.cluster.store().get(Kind::Pod, namespace, pod).map(|p| meta::uid(p).to_owned())?;
+        let uid = self
+            .cluster
+            .store()
+            .get(Kind::Pod, namespace, pod)
+            .map(|p| meta::uid(p).to_owned())?;
         let (_, container) = kubelet::container(&self.cluster, &uid, container)?;
         Some(container.log.text())
     }
 
-    /// When the kubelet marked the container terminated, at full clock precision (the API's
+    /// Returns when the kubelet marked the container terminated, at full clock precision (the API's
     /// `finishedAt` has whole seconds).
-    pub fn container_terminated_at(&self, namespace: &str, pod: &str, container: &str) -> Option<SystemTime> {
-        let uid = self.cluster.store().get(Kind::Pod, namespace, pod).map(|p| meta::uid(p).to_owned())?;
+    pub fn container_terminated_at(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Option<SystemTime> {
+        let uid = self
+            .cluster
+            .store()
+            .get(Kind::Pod, namespace, pod)
+            .map(|p| meta::uid(p).to_owned())?;
         let (_, container) = kubelet::container(&self.cluster, &uid, container)?;
         container.terminated_at()
     }
 
-    /// API requests so far by verb and resource.
+    /// Returns the API requests so far by verb and resource.
     pub fn request_counts(&self) -> RequestCounts {
-        self.cluster.requests.lock().expect("request count lock").clone()
+        self.cluster
+            .requests
+            .lock()
+            .expect("request count lock")
+            .clone()
     }
 
     pub fn reset_request_counts(&self) {

@@ -30,21 +30,33 @@ impl PodTarget {
 
     /// Matches the pod with this namespace and name.
     pub fn pod(namespace: &str, name: &str) -> Self {
-        Self { namespace: Some(namespace.into()), name: Some(name.into()), ..Self::default() }
+        Self {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Self::default()
+        }
     }
 
     /// Matches pods whose labels satisfy `selector`.
     pub fn labels(selector: &str) -> Self {
-        Self { label_selector: Some(selector.into()), ..Self::default() }
+        Self {
+            label_selector: Some(selector.into()),
+            ..Self::default()
+        }
     }
 
     pub fn matches(&self, pod: &Value) -> bool {
         let metadata = &pod["metadata"];
         let name = metadata["name"].as_str().unwrap_or("");
-        let namespace_matches =
-            self.namespace.as_deref().is_none_or(|ns| metadata["namespace"].as_str() == Some(ns));
+        let namespace_matches = self
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| metadata["namespace"].as_str() == Some(ns));
         let name_matches = self.name.as_deref().is_none_or(|wanted| name == wanted);
-        let prefix_matches = self.name_prefix.as_deref().is_none_or(|p| name.starts_with(p));
+        let prefix_matches = self
+            .name_prefix
+            .as_deref()
+            .is_none_or(|p| name.starts_with(p));
         let labels_match = self.label_selector.as_deref().is_none_or(|selector| {
             LabelSelector::parse(selector).is_ok_and(|parsed| parsed.matches(pod))
         });
@@ -55,7 +67,11 @@ impl PodTarget {
 /// A failure to inject. Durations are in milliseconds. In JSON the variant is the `type` field
 /// in camelCase (`imagePull`, `apiError`, ...) and the other fields are camelCase too.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Fault {
     /// Pulling the image fails: the container waits with `ErrImagePull`, then
     /// `ImagePullBackOff`, retrying until the fault is removed.
@@ -195,7 +211,12 @@ impl FaultRegistry {
     pub fn inject(&mut self, fault: Fault, times: Option<u32>) -> u64 {
         self.next_id += 1;
         let remaining = times.or_else(|| fault.default_times());
-        self.active.push(ActiveFault { id: self.next_id, fault, remaining, fired: 0 });
+        self.active.push(ActiveFault {
+            id: self.next_id,
+            fault,
+            remaining,
+            fired: 0,
+        });
         self.next_id
     }
 
@@ -250,19 +271,36 @@ mod tests {
         assert_eq!(request.times, Some(2));
         assert_eq!(
             request.fault,
-            Fault::ApiError { verb: "create".into(), resource: "pods".into(), code: 503, message: None }
+            Fault::ApiError {
+                verb: "create".into(),
+                resource: "pods".into(),
+                code: 503,
+                message: None
+            }
         );
         let request: FaultRequest = serde_json::from_value(json!({
             "type": "oomKill", "pods": {"labelSelector": "app=x"}, "afterMillis": 20
         }))
         .unwrap();
-        assert!(matches!(request.fault, Fault::OomKill { after_millis: 20, .. }));
+        assert!(matches!(
+            request.fault,
+            Fault::OomKill {
+                after_millis: 20,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn exhausted_fault_stays_listed_but_does_not_fire() {
         let mut registry = FaultRegistry::default();
-        let id = registry.inject(Fault::WatchGone { resource: None, http: false }, None);
+        let id = registry.inject(
+            Fault::WatchGone {
+                resource: None,
+                http: false,
+            },
+            None,
+        );
         assert!(registry.fire(|_| true).is_some());
         assert!(registry.fire(|_| true).is_none());
         assert!(registry.is_active(id));

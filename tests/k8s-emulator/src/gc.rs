@@ -15,7 +15,9 @@ use crate::store::{Kind, Store};
 
 fn owner_exists(store: &Store, namespace: &str, reference: &Value) -> bool {
     let uid = reference["uid"].as_str().unwrap_or("");
-    let kind = Kind::ALL.into_iter().find(|kind| reference["kind"].as_str() == Some(kind.name()));
+    let kind = Kind::ALL
+        .into_iter()
+        .find(|kind| reference["kind"].as_str() == Some(kind.name()));
     match kind {
         Some(kind) => store.find_by_uid(kind, namespace, uid).is_some(),
         None => true,
@@ -31,15 +33,27 @@ pub fn collect_dependents(cluster: &Arc<Cluster>, namespace: &str, owner_uid: &s
         let mut dependents = Vec::new();
         for kind in Kind::ALL {
             for object in store.list(kind, Some(namespace)) {
-                let references = object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
-                if references.iter().any(|r| r["uid"].as_str() == Some(owner_uid)) {
+                let references = object["metadata"]["ownerReferences"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if references
+                    .iter()
+                    .any(|r| r["uid"].as_str() == Some(owner_uid))
+                {
                     dependents.push((kind, meta::name(object).to_owned(), references));
                 }
             }
         }
         for (kind, name, references) in dependents {
-            let others: Vec<&Value> = references.iter().filter(|r| r["uid"].as_str() != Some(owner_uid)).collect();
-            if others.iter().any(|reference| owner_exists(&store, namespace, reference)) {
+            let others: Vec<&Value> = references
+                .iter()
+                .filter(|r| r["uid"].as_str() != Some(owner_uid))
+                .collect();
+            if others
+                .iter()
+                .any(|reference| owner_exists(&store, namespace, reference))
+            {
                 let _ = store.update(kind, namespace, &name, |object| {
                     if let Some(list) = object["metadata"]["ownerReferences"].as_array_mut() {
                         list.retain(|r| r["uid"].as_str() != Some(owner_uid));
@@ -52,7 +66,13 @@ pub fn collect_dependents(cluster: &Arc<Cluster>, namespace: &str, owner_uid: &s
         }
     }
     for (kind, name) in orphans {
-        tracing::info!(namespace, resource = kind.resource(), name, owner_uid, "garbage collecting a dependent");
+        tracing::info!(
+            namespace,
+            resource = kind.resource(),
+            name,
+            owner_uid,
+            "garbage collecting a dependent"
+        );
         crate::resources::delete_dependent(cluster, kind, namespace, &name);
     }
 }
@@ -64,11 +84,22 @@ pub fn collect_if_orphaned(cluster: &Arc<Cluster>, kind: Kind, namespace: &str, 
         let Some(object) = store.get(kind, namespace, name) else {
             return;
         };
-        let references = object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
-        !references.is_empty() && references.iter().all(|r| !owner_exists(&store, namespace, r))
+        let references = object["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        !references.is_empty()
+            && references
+                .iter()
+                .all(|r| !owner_exists(&store, namespace, r))
     };
     if orphaned {
-        tracing::info!(namespace, resource = kind.resource(), name, "garbage collecting an object whose owners are gone");
+        tracing::info!(
+            namespace,
+            resource = kind.resource(),
+            name,
+            "garbage collecting an object whose owners are gone"
+        );
         crate::resources::delete_dependent(cluster, kind, namespace, name);
     }
 }

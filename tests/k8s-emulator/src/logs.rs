@@ -45,7 +45,10 @@ pub struct ContainerLog {
 
 impl Default for ContainerLog {
     fn default() -> Self {
-        Self { state: Mutex::default(), version: watch::channel(0).0 }
+        Self {
+            state: Mutex::default(),
+            version: watch::channel(0).0,
+        }
     }
 }
 
@@ -80,7 +83,10 @@ impl ContainerLog {
         }
         if !state.partial.is_empty() {
             let bytes = Bytes::from(std::mem::take(&mut state.partial));
-            state.entries.push(LogEntry { time: crate::meta::now(), bytes });
+            state.entries.push(LogEntry {
+                time: crate::meta::now(),
+                bytes,
+            });
         }
         state.closed = true;
         drop(state);
@@ -90,24 +96,37 @@ impl ContainerLog {
     /// Returns the entries from `index` on, and whether the log is closed.
     pub fn entries_from(&self, index: usize) -> (Vec<LogEntry>, bool) {
         let state = self.state.lock().expect("log lock");
-        (state.entries.get(index..).map(<[_]>::to_vec).unwrap_or_default(), state.closed)
+        (
+            state
+                .entries
+                .get(index..)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+            state.closed,
+        )
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
 
-    /// The whole output so far as text, without timestamps.
+    /// Returns the whole output so far as text, without timestamps.
     pub fn text(&self) -> String {
         let state = self.state.lock().expect("log lock");
-        let mut bytes: Vec<u8> = state.entries.iter().flat_map(|e| e.bytes.to_vec()).collect();
+        let mut bytes: Vec<u8> = state
+            .entries
+            .iter()
+            .flat_map(|e| e.bytes.to_vec())
+            .collect();
         bytes.extend_from_slice(&state.partial);
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
 fn flag(query: &HashMap<String, String>, key: &str) -> bool {
-    query.get(key).is_some_and(|value| value == "true" || value == "1")
+    query
+        .get(key)
+        .is_some_and(|value| value == "true" || value == "1")
 }
 
 fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<i64>, ApiError> {
@@ -115,7 +134,9 @@ fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Api
         .get(key)
         .map(|value| {
             value.parse::<i64>().map_err(|_| {
-                ApiError::bad_request(format!("invalid value for {key}: {value:?} is not an integer"))
+                ApiError::bad_request(format!(
+                    "invalid value for {key}: {value:?} is not an integer"
+                ))
             })
         })
         .transpose()
@@ -126,7 +147,11 @@ pub fn select_container(pod: &Value, requested: Option<&str>) -> Result<String, 
     let names = |field: &str| -> Vec<String> {
         pod["spec"][field]
             .as_array()
-            .map(|list| list.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let containers = names("containers");
@@ -146,21 +171,26 @@ pub fn select_container(pod: &Value, requested: Option<&str>) -> Result<String, 
                 containers.join(" ")
             );
             if !init_containers.is_empty() {
-                message.push_str(&format!(" or one of the init containers: [{}]", init_containers.join(" ")));
+                message.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init_containers.join(" ")
+                ));
             }
             Err(ApiError::bad_request(message))
         }
     }
 }
 
-/// The kubelet's error for output of a container that has not started.
+/// Builds the kubelet's error for the output of a container that has not started.
 pub fn waiting_error(container: &str, pod: &str, reason: &str) -> ApiError {
     let reason = match reason {
         "ErrImagePull" | "ImagePullBackOff" => "trying and failing to pull image",
         "InvalidImageName" => "image can't be pulled",
         other => other,
     };
-    ApiError::bad_request(format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {reason}"))
+    ApiError::bad_request(format!(
+        "container \"{container}\" in pod \"{pod}\" is waiting to start: {reason}"
+    ))
 }
 
 /// Where a stream stops early because a `BrokenLogStream` fault fired.
@@ -218,22 +248,33 @@ pub async fn pod_log(
     let broken = follow
         .then(|| {
             cluster.fire_fault(|fault| match fault {
-                Fault::BrokenLogStream { pods, container: only, .. } => {
-                    pods.matches(&pod) && only.as_deref().is_none_or(|c| c == container)
-                }
+                Fault::BrokenLogStream {
+                    pods,
+                    container: only,
+                    ..
+                } => pods.matches(&pod) && only.as_deref().is_none_or(|c| c == container),
                 _ => false,
             })
         })
         .flatten()
         .and_then(|(_, fault)| match fault {
-            Fault::BrokenLogStream { after_lines, abort, .. } => Some(Break { after_lines, abort }),
+            Fault::BrokenLogStream {
+                after_lines, abort, ..
+            } => Some(Break { after_lines, abort }),
             _ => None,
         });
 
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let log = container_runtime.clone();
     tokio::spawn(async move {
-        let options = StreamOptions { follow, timestamps, tail_lines, limit_bytes, since, broken };
+        let options = StreamOptions {
+            follow,
+            timestamps,
+            tail_lines,
+            limit_bytes,
+            since,
+            broken,
+        };
         stream_log(&log.log, options, sender).await;
     });
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -265,7 +306,10 @@ async fn stream_log(
     let mut changes = log.subscribe();
     let (entries, _) = log.entries_from(0);
     let first_recent = match options.since {
-        Some(since) => entries.iter().position(|e| e.time >= since).unwrap_or(entries.len()),
+        Some(since) => entries
+            .iter()
+            .position(|e| e.time >= since)
+            .unwrap_or(entries.len()),
         None => 0,
     };
     let first_tail = match options.tail_lines {
@@ -301,9 +345,16 @@ async fn stream_log(
             lines_sent += 1;
             if let Some(broken) = &options.broken {
                 if lines_sent >= broken.after_lines {
-                    tracing::info!(lines = lines_sent, abort = broken.abort, "breaking a log stream as a fault");
+                    tracing::info!(
+                        lines = lines_sent,
+                        abort = broken.abort,
+                        "breaking a log stream as a fault"
+                    );
                     if broken.abort {
-                        let error = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "log stream broken by a fault");
+                        let error = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "log stream broken by a fault",
+                        );
                         let _ = sender.send(Err(error)).await;
                     }
                     return;
@@ -323,4 +374,3 @@ async fn stream_log(
         }
     }
 }
-

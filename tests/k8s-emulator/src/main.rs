@@ -51,7 +51,10 @@ fn main() -> std::process::ExitCode {
     };
     // The signal handlers exist before the kubeconfig line is printed, so a caller that reads
     // it and then sends SIGTERM cannot kill the process before the cleanup runs.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("k8s-emulator: failed to create a runtime for signals: {error}");
@@ -60,7 +63,10 @@ fn main() -> std::process::ExitCode {
     };
     let signals = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
     });
     let (mut interrupt, mut terminate) = match signals {
         Ok(signals) => signals,

@@ -12,8 +12,14 @@ pub fn now() -> Timestamp {
 
 /// Converts a host clock reading; times before 1970 become the epoch.
 pub fn from_system_time(time: std::time::SystemTime) -> Timestamp {
-    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timestamp::new(since_epoch.as_secs() as i64, since_epoch.subsec_nanos() as i32).unwrap_or(Timestamp::UNIX_EPOCH)
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::new(
+        since_epoch.as_secs() as i64,
+        since_epoch.subsec_nanos() as i32,
+    )
+    .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Shifts a time by a signed number of seconds, saturating at jiff's range.
@@ -30,7 +36,11 @@ pub fn format_seconds(time: Timestamp) -> String {
 /// Formats a time with nine fraction digits, the fixed-width RFC 3339 form the kubelet puts in
 /// front of each log line when `timestamps=true`.
 pub fn format_nanos(time: Timestamp) -> String {
-    format!("{}.{:09}Z", time.strftime("%Y-%m-%dT%H:%M:%S"), time.subsec_nanosecond())
+    format!(
+        "{}.{:09}Z",
+        time.strftime("%Y-%m-%dT%H:%M:%S"),
+        time.subsec_nanosecond()
+    )
 }
 
 const DNS1123_LABEL_DETAIL: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
@@ -40,7 +50,9 @@ const DNS1035_LABEL_DETAIL: &str = "a DNS-1035 label must consist of lower case 
 fn is_label_body(text: &str) -> bool {
     let bytes = text.as_bytes();
     !bytes.is_empty()
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
@@ -88,18 +100,24 @@ pub fn metadata_mut(object: &mut Value) -> &mut serde_json::Map<String, Value> {
     if !object["metadata"].is_object() {
         object["metadata"] = Value::Object(Default::default());
     }
-    object["metadata"].as_object_mut().expect("metadata was just made an object")
+    object["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 /// Returns the finalizers of the object.
 pub fn finalizers(object: &Value) -> Vec<String> {
     object["metadata"]["finalizers"]
         .as_array()
-        .map(|list| list.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+        .map(|list| {
+            list.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
-/// Whether a delete has been requested for the object.
+/// Returns whether a delete has been requested for the object.
 pub fn is_deleting(object: &Value) -> bool {
     object["metadata"]["deletionTimestamp"].is_string()
 }

@@ -13,7 +13,9 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let target_map = target.as_object_mut().expect("target was just made an object");
+    let target_map = target
+        .as_object_mut()
+        .expect("target was just made an object");
     for (key, value) in patch_map {
         if value.is_null() {
             target_map.remove(key);
@@ -28,13 +30,21 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
         "ownerReferences" => Some("uid"),
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
         | "imagePullSecrets" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "conditions" => Some("type"),
         "ports" => {
             let has_container_port = items.iter().any(|item| item.get("containerPort").is_some());
-            Some(if has_container_port { "containerPort" } else { "port" })
+            Some(if has_container_port {
+                "containerPort"
+            } else {
+                "port"
+            })
         }
         _ => None,
     }
@@ -62,7 +72,9 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let target_map = target.as_object_mut().expect("target was just made an object");
+    let target_map = target
+        .as_object_mut()
+        .expect("target was just made an object");
     for (key, value) in patch_map {
         if key.starts_with("$setElementOrder/") || key == "$retainKeys" || key == "$patch" {
             continue;
@@ -113,7 +125,9 @@ fn merge_list(field: &str, slot: &mut Value, patch_items: &[Value]) {
     }
     let list = slot.as_array_mut().expect("slot was just made an array");
     for item in patch_items {
-        let position = list.iter().position(|existing| existing.get(key) == item.get(key));
+        let position = list
+            .iter()
+            .position(|existing| existing.get(key) == item.get(key));
         let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
         match (position, delete) {
             (Some(index), true) => {
@@ -156,7 +170,8 @@ fn add_at(target: &mut Value, pointer: &str, value: Value) -> Result<(), String>
             let index = if last == "-" {
                 list.len()
             } else {
-                last.parse::<usize>().map_err(|_| format!("invalid array index {last:?}"))?
+                last.parse::<usize>()
+                    .map_err(|_| format!("invalid array index {last:?}"))?
             };
             if index > list.len() {
                 return Err(format!("array index {index} is out of bounds"));
@@ -175,7 +190,9 @@ fn remove_at(target: &mut Value, pointer: &str) -> Result<Value, String> {
         Value::Object(map) => map.remove(&last).ok_or_else(missing),
         Value::Array(list) => {
             let index = last.parse::<usize>().map_err(|_| missing())?;
-            (index < list.len()).then(|| list.remove(index)).ok_or_else(missing)
+            (index < list.len())
+                .then(|| list.remove(index))
+                .ok_or_else(missing)
         }
         _ => Err(missing()),
     }
@@ -183,7 +200,9 @@ fn remove_at(target: &mut Value, pointer: &str) -> Result<Value, String> {
 
 /// Applies an RFC 6902 JSON patch: `add`, `remove`, `replace`, `move`, `copy` and `test`.
 pub fn json_patch(target: &mut Value, operations: &Value) -> Result<(), String> {
-    let operations = operations.as_array().ok_or("a JSON patch must be an array")?;
+    let operations = operations
+        .as_array()
+        .ok_or("a JSON patch must be an array")?;
     for operation in operations {
         let op = operation["op"].as_str().ok_or("missing op")?;
         let path = operation["path"].as_str().ok_or("missing path")?;
@@ -228,8 +247,14 @@ mod tests {
     #[test]
     fn merge_patch_replaces_lists_and_removes_nulls() {
         let mut target = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]}});
-        merge_patch(&mut target, &json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]}}));
-        assert_eq!(target, json!({"metadata": {"labels": {"a": "1", "c": "3"}, "finalizers": ["y"]}}));
+        merge_patch(
+            &mut target,
+            &json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]}}),
+        );
+        assert_eq!(
+            target,
+            json!({"metadata": {"labels": {"a": "1", "c": "3"}, "finalizers": ["y"]}})
+        );
     }
 
     #[test]
@@ -241,16 +266,28 @@ mod tests {
             target["metadata"]["ownerReferences"],
             json!([{"uid": "1", "name": "renamed"}, {"uid": "2", "name": "b"}])
         );
-        strategic_merge_patch(&mut target, &json!({"metadata": {"ownerReferences": [{"uid": "1", "$patch": "delete"}]}}));
-        assert_eq!(target["metadata"]["ownerReferences"], json!([{"uid": "2", "name": "b"}]));
+        strategic_merge_patch(
+            &mut target,
+            &json!({"metadata": {"ownerReferences": [{"uid": "1", "$patch": "delete"}]}}),
+        );
+        assert_eq!(
+            target["metadata"]["ownerReferences"],
+            json!([{"uid": "2", "name": "b"}])
+        );
     }
 
     #[test]
     fn strategic_patch_unions_finalizers() {
         let mut target = json!({"metadata": {"finalizers": ["a"]}});
-        strategic_merge_patch(&mut target, &json!({"metadata": {"finalizers": ["b", "a"]}}));
+        strategic_merge_patch(
+            &mut target,
+            &json!({"metadata": {"finalizers": ["b", "a"]}}),
+        );
         assert_eq!(target["metadata"]["finalizers"], json!(["a", "b"]));
-        strategic_merge_patch(&mut target, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}));
+        strategic_merge_patch(
+            &mut target,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+        );
         assert_eq!(target["metadata"]["finalizers"], json!(["b"]));
     }
 
@@ -265,7 +302,10 @@ mod tests {
             {"op": "remove", "path": "/metadata/labels/a"},
         ]);
         json_patch(&mut target, &operations).unwrap();
-        assert_eq!(target, json!({"metadata": {"labels": {}, "ownerReferences": [{"uid": "1"}]}}));
+        assert_eq!(
+            target,
+            json!({"metadata": {"labels": {}, "ownerReferences": [{"uid": "1"}]}})
+        );
         assert!(json_patch(&mut target, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }
 }

@@ -16,22 +16,39 @@ use crate::store::Kind;
 /// the pod anyway.
 const FORCE_DELETE_WAIT: Duration = Duration::from_secs(5);
 
-fn validate_containers(list: &[Container], field: &str, seen: &mut Vec<String>, volumes: &[String], causes: &mut Vec<FieldCause>) {
+fn validate_containers(
+    list: &[Container],
+    field: &str,
+    seen: &mut Vec<String>,
+    volumes: &[String],
+    causes: &mut Vec<FieldCause>,
+) {
     for (index, container) in list.iter().enumerate() {
         let path = format!("spec.{field}[{index}]");
         if container.name.is_empty() {
             causes.push(FieldCause::required(format!("{path}.name"), ""));
         } else if let Some(problem) = meta::check_dns1123_label(&container.name) {
-            causes.push(FieldCause::invalid(format!("{path}.name"), &container.name, &problem));
+            causes.push(FieldCause::invalid(
+                format!("{path}.name"),
+                &container.name,
+                &problem,
+            ));
         } else if seen.contains(&container.name) {
-            causes.push(FieldCause::duplicate(format!("{path}.name"), &container.name));
+            causes.push(FieldCause::duplicate(
+                format!("{path}.name"),
+                &container.name,
+            ));
         } else {
             seen.push(container.name.clone());
         }
         if container.image.as_deref().unwrap_or("").trim().is_empty() {
             causes.push(FieldCause::required(format!("{path}.image"), ""));
         }
-        if container.command.as_ref().is_none_or(|command| command.is_empty()) {
+        if container
+            .command
+            .as_ref()
+            .is_none_or(|command| command.is_empty())
+        {
             causes.push(FieldCause::required(
                 format!("{path}.command"),
                 "the k8s emulator runs containers as local processes without the image's entrypoint, so command is required",
@@ -40,7 +57,10 @@ fn validate_containers(list: &[Container], field: &str, seen: &mut Vec<String>, 
         for (mount_index, mount) in container.volume_mounts.iter().flatten().enumerate() {
             let mount_path = format!("{path}.volumeMounts[{mount_index}]");
             if !volumes.contains(&mount.name) {
-                causes.push(FieldCause::not_found(format!("{mount_path}.name"), &mount.name));
+                causes.push(FieldCause::not_found(
+                    format!("{mount_path}.name"),
+                    &mount.name,
+                ));
             }
             if mount.mount_path.is_empty() {
                 causes.push(FieldCause::required(format!("{mount_path}.mountPath"), ""));
@@ -50,9 +70,13 @@ fn validate_containers(list: &[Container], field: &str, seen: &mut Vec<String>, 
 }
 
 fn qos_class(containers: &[Container]) -> &'static str {
-    let resources: Vec<_> = containers.iter().map(|c| c.resources.clone().unwrap_or_default()).collect();
+    let resources: Vec<_> = containers
+        .iter()
+        .map(|c| c.resources.clone().unwrap_or_default())
+        .collect();
     let any_set = resources.iter().any(|r| {
-        r.requests.as_ref().is_some_and(|m| !m.is_empty()) || r.limits.as_ref().is_some_and(|m| !m.is_empty())
+        r.requests.as_ref().is_some_and(|m| !m.is_empty())
+            || r.limits.as_ref().is_some_and(|m| !m.is_empty())
     });
     if !any_set {
         return "BestEffort";
@@ -61,10 +85,17 @@ fn qos_class(containers: &[Container]) -> &'static str {
         let limits = r.limits.clone().unwrap_or_default();
         let requests = r.requests.clone().unwrap_or_default();
         ["cpu", "memory"].iter().all(|name| {
-            limits.contains_key(*name) && requests.get(*name).is_none_or(|request| Some(request) == limits.get(*name))
+            limits.contains_key(*name)
+                && requests
+                    .get(*name)
+                    .is_none_or(|request| Some(request) == limits.get(*name))
         })
     });
-    if guaranteed { "Guaranteed" } else { "Burstable" }
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
 }
 
 /// Validates a pod for create and fills the defaults the API server sets. `object` already has
@@ -72,21 +103,43 @@ fn qos_class(containers: &[Container]) -> &'static str {
 pub fn prepare_create(mut object: Value) -> Result<Value, ApiError> {
     let name = meta::name(&object).to_owned();
     let pod: Pod = serde_json::from_value(object.clone()).map_err(|error| {
-        ApiError::bad_request(format!("Pod in version \"v1\" cannot be handled as a Pod: {error}"))
+        ApiError::bad_request(format!(
+            "Pod in version \"v1\" cannot be handled as a Pod: {error}"
+        ))
     })?;
     let mut causes = Vec::new();
     if let Some(problem) = meta::check_dns1123_subdomain(&name) {
         causes.push(FieldCause::invalid("metadata.name", &name, &problem));
     }
     let spec = pod.spec.clone().unwrap_or_default();
-    let volumes: Vec<String> = spec.volumes.iter().flatten().map(|v| v.name.clone()).collect();
+    let volumes: Vec<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .collect();
     if spec.containers.is_empty() {
         causes.push(FieldCause::required("spec.containers", ""));
     }
     let mut seen = Vec::new();
-    validate_containers(spec.init_containers.as_deref().unwrap_or_default(), "initContainers", &mut seen, &volumes, &mut causes);
-    validate_containers(&spec.containers, "containers", &mut seen, &volumes, &mut causes);
-    let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".to_owned());
+    validate_containers(
+        spec.init_containers.as_deref().unwrap_or_default(),
+        "initContainers",
+        &mut seen,
+        &volumes,
+        &mut causes,
+    );
+    validate_containers(
+        &spec.containers,
+        "containers",
+        &mut seen,
+        &volumes,
+        &mut causes,
+    );
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".to_owned());
     if !["Always", "OnFailure", "Never"].contains(&restart_policy.as_str()) {
         causes.push(FieldCause {
             field: "spec.restartPolicy".into(),
@@ -94,9 +147,16 @@ pub fn prepare_create(mut object: Value) -> Result<Value, ApiError> {
             message: format!("Unsupported value: {restart_policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
         });
     }
-    if spec.active_deadline_seconds.is_some_and(|seconds| seconds <= 0) {
+    if spec
+        .active_deadline_seconds
+        .is_some_and(|seconds| seconds <= 0)
+    {
         let value = spec.active_deadline_seconds.unwrap_or_default().to_string();
-        causes.push(FieldCause::invalid("spec.activeDeadlineSeconds", &value, "must be between 1 and 2147483647, inclusive"));
+        causes.push(FieldCause::invalid(
+            "spec.activeDeadlineSeconds",
+            &value,
+            "must be between 1 and 2147483647, inclusive",
+        ));
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid("Pod", &name, causes));
@@ -108,7 +168,13 @@ pub fn prepare_create(mut object: Value) -> Result<Value, ApiError> {
         ("terminationGracePeriodSeconds", json!(30)),
         ("dnsPolicy", json!("ClusterFirst")),
         ("schedulerName", json!("default-scheduler")),
-        ("serviceAccountName", json!(spec.service_account_name.clone().unwrap_or_else(|| "default".into()))),
+        (
+            "serviceAccountName",
+            json!(spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into())),
+        ),
         ("securityContext", json!({})),
         ("enableServiceLinks", json!(true)),
         ("priority", json!(0)),
@@ -124,8 +190,17 @@ pub fn prepare_create(mut object: Value) -> Result<Value, ApiError> {
         if let Some(list) = spec_value.get_mut(field).and_then(Value::as_array_mut) {
             for container in list {
                 let image = container["image"].as_str().unwrap_or("").to_owned();
-                let tag = image.rsplit('/').next().unwrap_or("").split_once(':').map(|(_, tag)| tag.to_owned());
-                let pull_policy = if tag.is_none() || tag.as_deref() == Some("latest") { "Always" } else { "IfNotPresent" };
+                let tag = image
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .split_once(':')
+                    .map(|(_, tag)| tag.to_owned());
+                let pull_policy = if tag.is_none() || tag.as_deref() == Some("latest") {
+                    "Always"
+                } else {
+                    "IfNotPresent"
+                };
                 let container_defaults = [
                     ("imagePullPolicy", json!(pull_policy)),
                     ("terminationMessagePath", json!("/dev/termination-log")),
@@ -140,23 +215,35 @@ pub fn prepare_create(mut object: Value) -> Result<Value, ApiError> {
             }
         }
     }
-    let all_containers: Vec<Container> =
-        spec.init_containers.iter().flatten().chain(spec.containers.iter()).cloned().collect();
+    let all_containers: Vec<Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .cloned()
+        .collect();
     object["status"] = json!({"phase": "Pending", "qosClass": qos_class(&all_containers)});
     Ok(object)
 }
 
-/// Deletes a pod. An unscheduled or finished pod goes at once; a running one gets
-/// `deletionTimestamp` and `deletionGracePeriodSeconds`, its processes get SIGTERM and, after
-/// the grace period, SIGKILL, and it leaves the store once they are gone.
-pub async fn delete(cluster: &Arc<Cluster>, namespace: &str, name: &str, grace: Option<i64>) -> Result<Value, ApiError> {
+/// Deletes a pod. An unscheduled or finished pod goes at once. A running one gets
+/// `deletionTimestamp` and `deletionGracePeriodSeconds`, and its processes get SIGTERM and,
+/// after the grace period, SIGKILL. It leaves the store once they are gone.
+pub async fn delete(
+    cluster: &Arc<Cluster>,
+    namespace: &str,
+    name: &str,
+    grace: Option<i64>,
+) -> Result<Value, ApiError> {
     let object = cluster
         .store()
         .get(Kind::Pod, namespace, name)
         .cloned()
         .ok_or_else(|| ApiError::not_found("pods", name))?;
     let uid = meta::uid(&object).to_owned();
-    let spec_grace = object["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+    let spec_grace = object["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30);
     let grace = grace.unwrap_or(spec_grace).max(0);
     let phase = object["status"]["phase"].as_str().unwrap_or("");
     let scheduled = !object["spec"]["nodeName"].as_str().unwrap_or("").is_empty();
@@ -167,16 +254,30 @@ pub async fn delete(cluster: &Arc<Cluster>, namespace: &str, name: &str, grace: 
     if immediate || grace == 0 {
         tracing::info!(namespace, pod = name, grace, "deleting pod now");
         let now = meta::format_seconds(crate::meta::now());
-        let marked = cluster.store().update(Kind::Pod, namespace, name, |object| {
-            let metadata = meta::metadata_mut(object);
-            metadata.entry("deletionTimestamp").or_insert_with(|| Value::String(now));
-            metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
-            Ok(())
-        })?;
-        kubelet::request_stop(cluster, &uid, StopRequest::Delete { grace: Duration::ZERO });
+        let marked = cluster
+            .store()
+            .update(Kind::Pod, namespace, name, |object| {
+                let metadata = meta::metadata_mut(object);
+                metadata
+                    .entry("deletionTimestamp")
+                    .or_insert_with(|| Value::String(now));
+                metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
+                Ok(())
+            })?;
+        kubelet::request_stop(
+            cluster,
+            &uid,
+            StopRequest::Delete {
+                grace: Duration::ZERO,
+            },
+        );
         if let Some(pod) = &runtime {
             if !pod.wait_done(FORCE_DELETE_WAIT).await {
-                tracing::warn!(namespace, pod = name, "pod processes still running after SIGKILL; removing the pod anyway");
+                tracing::warn!(
+                    namespace,
+                    pod = name,
+                    "pod processes still running after SIGKILL; removing the pod anyway"
+                );
             }
         }
         let removed = finish_deletion_now(cluster, namespace, name, &uid);
@@ -190,18 +291,34 @@ pub async fn delete(cluster: &Arc<Cluster>, namespace: &str, name: &str, grace: 
     }
     tracing::info!(namespace, pod = name, grace, "deleting pod gracefully");
     let deadline = meta::add_seconds(meta::now(), grace);
-    let updated = cluster.store().update(Kind::Pod, namespace, name, |object| {
-        let metadata = meta::metadata_mut(object);
-        metadata.insert("deletionTimestamp".into(), Value::String(meta::format_seconds(deadline)));
-        metadata.insert("deletionGracePeriodSeconds".into(), json!(grace));
-        Ok(())
-    })?;
-    kubelet::request_stop(cluster, &uid, StopRequest::Delete { grace: Duration::from_secs(grace as u64) });
+    let updated = cluster
+        .store()
+        .update(Kind::Pod, namespace, name, |object| {
+            let metadata = meta::metadata_mut(object);
+            metadata.insert(
+                "deletionTimestamp".into(),
+                Value::String(meta::format_seconds(deadline)),
+            );
+            metadata.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            Ok(())
+        })?;
+    kubelet::request_stop(
+        cluster,
+        &uid,
+        StopRequest::Delete {
+            grace: Duration::from_secs(grace as u64),
+        },
+    );
     Ok(updated)
 }
 
 /// Removes a pod whose processes are gone, unless finalizers hold it; returns the removed
 /// object.
-fn finish_deletion_now(cluster: &Arc<Cluster>, namespace: &str, name: &str, uid: &str) -> Option<Value> {
+fn finish_deletion_now(
+    cluster: &Arc<Cluster>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Option<Value> {
     crate::resources::finish_pod_deletion(cluster, namespace, name, uid)
 }

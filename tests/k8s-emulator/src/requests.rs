@@ -39,7 +39,12 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> RequestInfo
     let (namespace, resource_segments) = match segments.as_slice() {
         ["namespaces", namespace] => {
             return RequestInfo {
-                verb: if *method == Method::GET { "get" } else { "unknown" }.to_owned(),
+                verb: if *method == Method::GET {
+                    "get"
+                } else {
+                    "unknown"
+                }
+                .to_owned(),
                 resource: "namespaces".to_owned(),
                 namespace: None,
                 name: Some((*namespace).to_owned()),
@@ -69,7 +74,12 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> RequestInfo
         Some(subresource) => format!("{resource}/{subresource}"),
         None => resource.to_owned(),
     };
-    RequestInfo { verb: verb.to_owned(), resource, namespace, name }
+    RequestInfo {
+        verb: verb.to_owned(),
+        resource,
+        namespace,
+        name,
+    }
 }
 
 /// Counts of API requests by verb and resource. Control requests under `/_emulator` are not
@@ -81,17 +91,27 @@ pub struct RequestCounts {
 
 impl RequestCounts {
     pub(crate) fn record(&mut self, info: &RequestInfo) {
-        *self.counts.entry((info.verb.clone(), info.resource.clone())).or_default() += 1;
+        *self
+            .counts
+            .entry((info.verb.clone(), info.resource.clone()))
+            .or_default() += 1;
     }
 
     /// The count for one verb and resource, such as `("watch", "pods")`.
     pub fn get(&self, verb: &str, resource: &str) -> u64 {
-        self.counts.get(&(verb.to_owned(), resource.to_owned())).copied().unwrap_or(0)
+        self.counts
+            .get(&(verb.to_owned(), resource.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The count of every request to resources (paths under `/api/v1/`), discovery excluded.
     pub fn total_resource_requests(&self) -> u64 {
-        self.counts.iter().filter(|((_, resource), _)| !resource.starts_with('/')).map(|(_, n)| n).sum()
+        self.counts
+            .iter()
+            .filter(|((_, resource), _)| !resource.starts_with('/'))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The count of every request.
@@ -101,7 +121,9 @@ impl RequestCounts {
 
     /// Every verb, resource and count, ordered by verb then resource.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, u64)> {
-        self.counts.iter().map(|((verb, resource), count)| (verb.as_str(), resource.as_str(), *count))
+        self.counts
+            .iter()
+            .map(|((verb, resource), count)| (verb.as_str(), resource.as_str(), *count))
     }
 }
 
@@ -112,19 +134,71 @@ mod tests {
     #[test]
     fn classifies_resource_requests() {
         let cases = [
-            (Method::GET, "/api/v1/namespaces/ns/pods", None, "list", "pods"),
-            (Method::GET, "/api/v1/namespaces/ns/pods", Some("watch=true&x=1"), "watch", "pods"),
-            (Method::GET, "/api/v1/pods", Some("watch=1"), "watch", "pods"),
-            (Method::POST, "/api/v1/namespaces/ns/pods", None, "create", "pods"),
-            (Method::GET, "/api/v1/namespaces/ns/pods/p/log", None, "get", "pods/log"),
-            (Method::GET, "/api/v1/namespaces/ns/pods/p/attach", None, "get", "pods/attach"),
-            (Method::DELETE, "/api/v1/namespaces/ns/secrets/s", None, "delete", "secrets"),
-            (Method::PATCH, "/api/v1/namespaces/ns/secrets/s", None, "patch", "secrets"),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns/pods",
+                None,
+                "list",
+                "pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns/pods",
+                Some("watch=true&x=1"),
+                "watch",
+                "pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/pods",
+                Some("watch=1"),
+                "watch",
+                "pods",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/ns/pods",
+                None,
+                "create",
+                "pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns/pods/p/log",
+                None,
+                "get",
+                "pods/log",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns/pods/p/attach",
+                None,
+                "get",
+                "pods/attach",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/ns/secrets/s",
+                None,
+                "delete",
+                "secrets",
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/ns/secrets/s",
+                None,
+                "patch",
+                "secrets",
+            ),
             (Method::GET, "/version", None, "get", "/version"),
         ];
         for (method, path, query, verb, resource) in cases {
             let info = classify(&method, path, query);
-            assert_eq!((info.verb.as_str(), info.resource.as_str()), (verb, resource), "{method} {path}");
+            assert_eq!(
+                (info.verb.as_str(), info.resource.as_str()),
+                (verb, resource),
+                "{method} {path}"
+            );
         }
     }
 }

@@ -18,17 +18,25 @@ use crate::store::Kind;
 use crate::{gc, kubelet, meta, pods, secrets, services, watch};
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
-/// The API server's plain-text answer for a path it does not serve.
+/// Returns the API server's plain-text 404 for a path it does not serve.
 fn page_not_found() -> Response {
     (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|error| ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {error}")))
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {error}"
+        ))
+    })
 }
 
 fn is_dry_run(query: &HashMap<String, String>) -> bool {
@@ -59,26 +67,39 @@ pub async fn collection(
     list_or_watch(&cluster, kind, Some(namespace), &query).await
 }
 
-async fn list_or_watch(cluster: &Arc<Cluster>, kind: Kind, namespace: Option<String>, query: &HashMap<String, String>) -> Response {
+async fn list_or_watch(
+    cluster: &Arc<Cluster>,
+    kind: Kind,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> Response {
     let watching = query.get("watch").is_some_and(|v| v == "true" || v == "1");
     let result = if watching {
         watch::watch(cluster.clone(), kind, namespace, query).await
     } else {
-        list(cluster, kind, namespace.as_deref(), query).map(|list| json_response(StatusCode::OK, &list))
+        list(cluster, kind, namespace.as_deref(), query)
+            .map(|list| json_response(StatusCode::OK, &list))
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Encodes a continue token: the namespace and name of the last item sent.
 fn encode_continue(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}").bytes().map(|b| format!("{b:02x}")).collect()
+    format!("{namespace}/{name}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     let invalid = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
     let bytes = (0..token.len())
         .step_by(2)
-        .map(|i| token.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(invalid)?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
@@ -86,24 +107,45 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     Ok((namespace.to_owned(), name.to_owned()))
 }
 
-fn list(cluster: &Cluster, kind: Kind, namespace: Option<&str>, query: &HashMap<String, String>) -> Result<Value, ApiError> {
-    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = FieldSelector::parse(kind, query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+fn list(
+    cluster: &Cluster,
+    kind: Kind,
+    namespace: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Value, ApiError> {
+    let labels =
+        LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+    let fields = FieldSelector::parse(
+        kind,
+        query.get("fieldSelector").map(String::as_str).unwrap_or(""),
+    )?;
     let limit = match query.get("limit") {
-        Some(text) => Some(text.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {text:?}")))?),
+        Some(text) => Some(
+            text.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {text:?}")))?,
+        ),
         None => None,
     }
     .filter(|limit| *limit > 0);
-    let after = query.get("continue").filter(|t| !t.is_empty()).map(|t| decode_continue(t)).transpose()?;
+    let after = query
+        .get("continue")
+        .filter(|t| !t.is_empty())
+        .map(|t| decode_continue(t))
+        .transpose()?;
 
     let store = cluster.store();
     let current = store.resource_version();
     if query.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {
-        let requested = query.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let requested = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         if requested != current {
             // NOTE: the store keeps no snapshots, so it can serve an exact list only at the
             // current resourceVersion.
-            return Err(ApiError::expired("The resourceVersion for the provided list is too old."));
+            return Err(ApiError::expired(
+                "The resourceVersion for the provided list is too old.",
+            ));
         }
     }
     let matching: Vec<&Value> = store
@@ -112,7 +154,8 @@ fn list(cluster: &Cluster, kind: Kind, namespace: Option<&str>, query: &HashMap<
         .filter(|object| labels.matches(object) && fields.matches(object))
         .filter(|object| {
             after.as_ref().is_none_or(|(ns, name)| {
-                (meta::meta_str(object, "namespace"), meta::name(object)) > (ns.as_str(), name.as_str())
+                (meta::meta_str(object, "namespace"), meta::name(object))
+                    > (ns.as_str(), name.as_str())
             })
         })
         .collect();
@@ -120,7 +163,10 @@ fn list(cluster: &Cluster, kind: Kind, namespace: Option<&str>, query: &HashMap<
     let mut metadata = json!({"resourceVersion": current.to_string()});
     if page_len < matching.len() {
         let last = matching[page_len - 1];
-        metadata["continue"] = json!(encode_continue(meta::meta_str(last, "namespace"), meta::name(last)));
+        metadata["continue"] = json!(encode_continue(
+            meta::meta_str(last, "namespace"),
+            meta::name(last)
+        ));
         metadata["remainingItemCount"] = json!(matching.len() - page_len);
     }
     let items: Vec<Value> = matching[..page_len]
@@ -134,7 +180,9 @@ fn list(cluster: &Cluster, kind: Kind, namespace: Option<&str>, query: &HashMap<
             item
         })
         .collect();
-    Ok(json!({"kind": format!("{}List", kind.name()), "apiVersion": "v1", "metadata": metadata, "items": items}))
+    Ok(
+        json!({"kind": format!("{}List", kind.name()), "apiVersion": "v1", "metadata": metadata, "items": items}),
+    )
 }
 
 /// `POST /api/v1/namespaces/{namespace}/{resource}`.
@@ -165,7 +213,13 @@ fn check_type(kind: Kind, object: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn create_object(cluster: &Arc<Cluster>, kind: Kind, namespace: &str, body: &Bytes, dry_run: bool) -> Result<Value, ApiError> {
+fn create_object(
+    cluster: &Arc<Cluster>,
+    kind: Kind,
+    namespace: &str,
+    body: &Bytes,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
     let mut object = parse_body(body)?;
     check_type(kind, &object)?;
     let body_namespace = meta::meta_str(&object, "namespace");
@@ -177,19 +231,39 @@ fn create_object(cluster: &Arc<Cluster>, kind: Kind, namespace: &str, body: &Byt
     if meta::name(&object).is_empty() {
         let prefix = meta::meta_str(&object, "generateName").to_owned();
         if prefix.is_empty() {
-            return Err(ApiError::invalid(kind.name(), "", vec![crate::api_error::FieldCause::required("metadata.name", "name or generateName is required")]));
+            return Err(ApiError::invalid(
+                kind.name(),
+                "",
+                vec![crate::api_error::FieldCause::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                )],
+            ));
         }
-        meta::metadata_mut(&mut object).insert("name".into(), Value::String(meta::generate_name(&prefix)));
+        meta::metadata_mut(&mut object)
+            .insert("name".into(), Value::String(meta::generate_name(&prefix)));
     }
+
     {
         let metadata = meta::metadata_mut(&mut object);
         metadata.insert("namespace".into(), Value::String(namespace.to_owned()));
-        metadata.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-        metadata.insert("creationTimestamp".into(), Value::String(meta::format_seconds(crate::meta::now())));
-        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        metadata.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+        metadata.insert(
+            "creationTimestamp".into(),
+            Value::String(meta::format_seconds(crate::meta::now())),
+        );
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             metadata.remove(field);
         }
     }
+
     object["kind"] = json!(kind.name());
     object["apiVersion"] = json!("v1");
     let object = match kind {
@@ -200,8 +274,14 @@ fn create_object(cluster: &Arc<Cluster>, kind: Kind, namespace: &str, body: &Byt
     if dry_run {
         return Ok(object);
     }
+
     let stored = cluster.store().insert(kind, object)?;
-    tracing::info!(namespace, resource = kind.resource(), name = meta::name(&stored), "created");
+    tracing::info!(
+        namespace,
+        resource = kind.resource(),
+        name = meta::name(&stored),
+        "created"
+    );
     if kind == Kind::Pod {
         kubelet::admit(cluster, &stored);
     }
@@ -210,7 +290,10 @@ fn create_object(cluster: &Arc<Cluster>, kind: Kind, namespace: &str, body: &Byt
 }
 
 /// `GET /api/v1/namespaces/{namespace}/{resource}/{name}`.
-pub async fn get(State(cluster): State<Arc<Cluster>>, Path((namespace, resource, name)): Path<(String, String, String)>) -> Response {
+pub async fn get(
+    State(cluster): State<Arc<Cluster>>,
+    Path((namespace, resource, name)): Path<(String, String, String)>,
+) -> Response {
     let Some(kind) = Kind::from_resource(&resource) else {
         return page_not_found();
     };
@@ -221,7 +304,10 @@ pub async fn get(State(cluster): State<Arc<Cluster>>, Path((namespace, resource,
 }
 
 /// `GET /api/v1/namespaces/{namespace}/pods/{name}/status`.
-pub async fn get_pod_status(state: State<Arc<Cluster>>, Path((namespace, name)): Path<(String, String)>) -> Response {
+pub async fn get_pod_status(
+    state: State<Arc<Cluster>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
     get(state, Path((namespace, "pods".to_owned(), name))).await
 }
 
@@ -230,7 +316,9 @@ pub async fn get_pod_status(state: State<Arc<Cluster>>, Path((namespace, name)):
 fn apply_update(kind: Kind, current: &mut Value, desired: Value) -> Result<(), ApiError> {
     let name = meta::name(current).to_owned();
     if !desired.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
     }
     let desired_name = meta::name(&desired);
     if !desired_name.is_empty() && desired_name != name {
@@ -239,7 +327,9 @@ fn apply_update(kind: Kind, current: &mut Value, desired: Value) -> Result<(), A
         )));
     }
     let requested_version = meta::meta_str(&desired, "resourceVersion");
-    if !requested_version.is_empty() && requested_version != meta::meta_str(current, "resourceVersion") {
+    if !requested_version.is_empty()
+        && requested_version != meta::meta_str(current, "resourceVersion")
+    {
         return Err(ApiError::conflict(
             kind.resource(),
             &name,
@@ -276,7 +366,9 @@ fn apply_update(kind: Kind, current: &mut Value, desired: Value) -> Result<(), A
             match desired["spec"]["activeDeadlineSeconds"].as_i64() {
                 Some(seconds) => current["spec"]["activeDeadlineSeconds"] = json!(seconds),
                 None => {
-                    current["spec"].as_object_mut().map(|spec| spec.remove("activeDeadlineSeconds"));
+                    current["spec"]
+                        .as_object_mut()
+                        .map(|spec| spec.remove("activeDeadlineSeconds"));
                 }
             }
             Ok(())
@@ -318,7 +410,14 @@ pub async fn replace(
     };
     let result = parse_body(&body).and_then(|desired| {
         check_type(kind, &desired)?;
-        update(&cluster, kind, &namespace, &name, is_dry_run(&query), |current| apply_update(kind, current, desired))
+        update(
+            &cluster,
+            kind,
+            &namespace,
+            &name,
+            is_dry_run(&query),
+            |current| apply_update(kind, current, desired),
+        )
     });
     match result {
         Ok(object) => json_response(StatusCode::OK, &object),
@@ -335,7 +434,11 @@ fn update(
     change: impl FnOnce(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
     if dry_run {
-        let mut object = cluster.store().get(kind, namespace, name).cloned().ok_or_else(|| ApiError::not_found(kind.resource(), name))?;
+        let mut object = cluster
+            .store()
+            .get(kind, namespace, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(kind.resource(), name))?;
         change(&mut object)?;
         return Ok(object);
     }
@@ -362,7 +465,10 @@ pub async fn patch(
     let Some(kind) = Kind::from_resource(&resource) else {
         return page_not_found();
     };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     let patch_type = match media_type {
         "application/merge-patch+json" => PatchType::Merge,
@@ -374,7 +480,10 @@ pub async fn patch(
     let body = match parse_body(&body) {
         Ok(body) => body,
         Err(_) if matches!(patch_type, PatchType::Apply) => {
-            return ApiError::bad_request("the k8s emulator accepts apply patches only in their JSON form").into_response();
+            return ApiError::bad_request(
+                "the k8s emulator accepts apply patches only in their JSON form",
+            )
+            .into_response();
         }
         Err(error) => return error.into_response(),
     };
@@ -388,19 +497,26 @@ pub async fn patch(
             Err(error) => error.into_response(),
         };
     }
-    let result = update(&cluster, kind, &namespace, &name, is_dry_run(&query), |current| {
-        let mut desired = current.clone();
-        // A patch does not carry the stored resourceVersion unless it sets one as a precondition.
-        meta::metadata_mut(&mut desired).remove("resourceVersion");
-        match patch_type {
+    let result = update(
+        &cluster,
+        kind,
+        &namespace,
+        &name,
+        is_dry_run(&query),
+        |current| {
+            let mut desired = current.clone();
+            // A patch does not carry the stored resourceVersion unless it sets one as a precondition.
+            meta::metadata_mut(&mut desired).remove("resourceVersion");
+            match patch_type {
             PatchType::Merge | PatchType::Apply => patch::merge_patch(&mut desired, &body),
             PatchType::Strategic => patch::strategic_merge_patch(&mut desired, &body),
             PatchType::Json => patch::json_patch(&mut desired, &body).map_err(|error| {
                 ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {error}"))
             })?,
         }
-        apply_update(kind, current, desired)
-    });
+            apply_update(kind, current, desired)
+        },
+    );
     match result {
         Ok(object) => json_response(StatusCode::OK, &object),
         Err(error) => error.into_response(),
@@ -415,17 +531,32 @@ struct DeleteOptions {
     dry_run: bool,
 }
 
-fn delete_options(query: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOptions, ApiError> {
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { parse_body(body)? };
-    let grace = match query.get("gracePeriodSeconds") {
-        Some(text) => Some(text.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {text:?}")))?),
-        None => body["gracePeriodSeconds"].as_i64(),
+fn delete_options(
+    query: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<DeleteOptions, ApiError> {
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        parse_body(body)?
     };
-    let dry_run = is_dry_run(query) || body["dryRun"].as_array().is_some_and(|list| list.iter().any(|v| v == "All"));
+    let grace =
+        match query.get("gracePeriodSeconds") {
+            Some(text) => Some(text.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("invalid gracePeriodSeconds {text:?}"))
+            })?),
+            None => body["gracePeriodSeconds"].as_i64(),
+        };
+    let dry_run = is_dry_run(query)
+        || body["dryRun"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|v| v == "All"));
     Ok(DeleteOptions {
         grace,
         uid: body["preconditions"]["uid"].as_str().map(str::to_owned),
-        resource_version: body["preconditions"]["resourceVersion"].as_str().map(str::to_owned),
+        resource_version: body["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned),
         dry_run,
     })
 }
@@ -449,7 +580,10 @@ pub async fn delete(
     };
     if let Some(uid) = &options.uid {
         if uid != meta::uid(&current) {
-            let detail = format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid(&current));
+            let detail = format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta::uid(&current)
+            );
             return ApiError::conflict(kind.resource(), &name, &detail).into_response();
         }
     }
@@ -477,18 +611,30 @@ pub async fn delete(
 
 /// Deletes an object without graceful deletion: at once, or once its finalizers are gone.
 /// Returns the object while finalizers hold it, else a success Status.
-fn delete_plain(cluster: &Arc<Cluster>, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
-    let current = cluster.store().get(kind, namespace, name).cloned().ok_or_else(|| ApiError::not_found(kind.resource(), name))?;
+fn delete_plain(
+    cluster: &Arc<Cluster>,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let current = cluster
+        .store()
+        .get(kind, namespace, name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(kind.resource(), name))?;
     if !meta::finalizers(&current).is_empty() {
         let now = meta::format_seconds(crate::meta::now());
         return cluster.store().update(kind, namespace, name, |object| {
             let metadata = meta::metadata_mut(object);
-            metadata.entry("deletionTimestamp").or_insert(Value::String(now));
+            metadata
+                .entry("deletionTimestamp")
+                .or_insert(Value::String(now));
             metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
             Ok(())
         });
     }
-    let removed = remove_object(cluster, kind, namespace, name).ok_or_else(|| ApiError::not_found(kind.resource(), name))?;
+    let removed = remove_object(cluster, kind, namespace, name)
+        .ok_or_else(|| ApiError::not_found(kind.resource(), name))?;
     Ok(success_status(kind.resource(), name, meta::uid(&removed)))
 }
 
@@ -514,7 +660,12 @@ pub fn delete_dependent(cluster: &Arc<Cluster>, kind: Kind, namespace: &str, nam
 
 /// Removes a deleted pod once the kubelet has stopped it, unless finalizers still hold it;
 /// then collects its dependents and drops the kubelet's record. Returns the removed object.
-pub fn finish_pod_deletion(cluster: &Arc<Cluster>, namespace: &str, name: &str, uid: &str) -> Option<Value> {
+pub fn finish_pod_deletion(
+    cluster: &Arc<Cluster>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Option<Value> {
     let removable = {
         let store = cluster.store();
         let object = store.get(Kind::Pod, namespace, name)?;

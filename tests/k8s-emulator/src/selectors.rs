@@ -54,7 +54,11 @@ fn parse_set(text: &str, requirement: &str) -> Result<Vec<String>, ApiError> {
         .strip_prefix('(')
         .and_then(|rest| rest.strip_suffix(')'))
         .ok_or_else(|| selector_error(requirement, "expected a value set in parentheses"))?;
-    Ok(inner.split(',').map(|value| value.trim().to_owned()).filter(|v| !v.is_empty()).collect())
+    Ok(inner
+        .split(',')
+        .map(|value| value.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 fn selector_error(requirement: &str, problem: &str) -> ApiError {
@@ -66,15 +70,24 @@ fn selector_error(requirement: &str, problem: &str) -> ApiError {
 fn parse_requirement(text: &str) -> Result<Requirement, ApiError> {
     let text = text.trim();
     if let Some(key) = text.strip_prefix('!') {
-        return Ok(Requirement { key: key.trim().to_owned(), operator: Operator::DoesNotExist });
+        return Ok(Requirement {
+            key: key.trim().to_owned(),
+            operator: Operator::DoesNotExist,
+        });
     }
     if let Some((key, value)) = text.split_once("!=") {
         let operator = Operator::NotEquals(value.trim().to_owned());
-        return Ok(Requirement { key: key.trim().to_owned(), operator });
+        return Ok(Requirement {
+            key: key.trim().to_owned(),
+            operator,
+        });
     }
     if let Some((key, value)) = text.split_once("==").or_else(|| text.split_once('=')) {
         let operator = Operator::Equals(value.trim().to_owned());
-        return Ok(Requirement { key: key.trim().to_owned(), operator });
+        return Ok(Requirement {
+            key: key.trim().to_owned(),
+            operator,
+        });
     }
     let mut words = text.splitn(2, char::is_whitespace);
     let key = words.next().unwrap_or("").to_owned();
@@ -83,15 +96,27 @@ fn parse_requirement(text: &str) -> Result<Requirement, ApiError> {
         if key.is_empty() {
             return Err(selector_error(text, "found '', expected: identifier"));
         }
-        return Ok(Requirement { key, operator: Operator::Exists });
+        return Ok(Requirement {
+            key,
+            operator: Operator::Exists,
+        });
     }
     if let Some(set) = rest.strip_prefix("notin") {
-        return Ok(Requirement { key, operator: Operator::NotIn(parse_set(set, text)?) });
+        return Ok(Requirement {
+            key,
+            operator: Operator::NotIn(parse_set(set, text)?),
+        });
     }
     if let Some(set) = rest.strip_prefix("in") {
-        return Ok(Requirement { key, operator: Operator::In(parse_set(set, text)?) });
+        return Ok(Requirement {
+            key,
+            operator: Operator::In(parse_set(set, text)?),
+        });
     }
-    Err(selector_error(text, "expected one of '=', '==', '!=', 'in', 'notin'"))
+    Err(selector_error(
+        text,
+        "expected one of '=', '==', '!=', 'in', 'notin'",
+    ))
 }
 
 impl LabelSelector {
@@ -100,8 +125,10 @@ impl LabelSelector {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let requirements =
-            split_top_level(text).into_iter().map(parse_requirement).collect::<Result<_, _>>()?;
+        let requirements = split_top_level(text)
+            .into_iter()
+            .map(parse_requirement)
+            .collect::<Result<_, _>>()?;
         Ok(Self { requirements })
     }
 

@@ -35,10 +35,19 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         )
         .route(
             "/api/v1/namespaces/{namespace}/{resource}/{name}",
-            get(resources::get).put(resources::replace).patch(resources::patch).delete(resources::delete),
+            get(resources::get)
+                .put(resources::replace)
+                .patch(resources::patch)
+                .delete(resources::delete),
         )
-        .route("/api/v1/namespaces/{namespace}/pods/{name}/log", get(logs::pod_log))
-        .route("/api/v1/namespaces/{namespace}/pods/{name}/status", get(resources::get_pod_status))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            get(logs::pod_log),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/status",
+            get(resources::get_pod_status),
+        )
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/attach",
             get(attach::pod_attach).post(attach::pod_attach),
@@ -47,7 +56,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
     api.merge(control::router()).with_state(cluster)
 }
 
-/// The error an `ApiError` or `Forbidden` fault answers a request with.
+/// Builds the error with which an `ApiError` or `Forbidden` fault fails a request.
 fn injected_error(fault: &Fault, info: &RequestInfo) -> Option<ApiError> {
     match fault {
         Fault::ApiError { code, message, .. } => {
@@ -57,7 +66,11 @@ fn injected_error(fault: &Fault, info: &RequestInfo) -> Option<ApiError> {
                 429 => "Too many requests, please try again later.".to_owned(),
                 _ => "Internal error occurred: an injected fault failed the request".to_owned(),
             });
-            Some(ApiError::new(*code, ApiError::reason_for_code(*code), message))
+            Some(ApiError::new(
+                *code,
+                ApiError::reason_for_code(*code),
+                message,
+            ))
         }
         Fault::Forbidden { user, .. } => {
             let user = user.as_deref().unwrap_or(DEFAULT_FORBIDDEN_USER);
@@ -81,10 +94,18 @@ fn injected_error(fault: &Fault, info: &RequestInfo) -> Option<ApiError> {
     }
 }
 
-/// Counts each API request and fails it when an armed fault says so.
+/// Counts each API request and fails it when an armed fault matches it.
 async fn gate(State(cluster): State<Arc<Cluster>>, request: Request, next: Next) -> Response {
-    let info = classify(request.method(), request.uri().path(), request.uri().query());
-    cluster.requests.lock().expect("request count lock").record(&info);
+    let info = classify(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    cluster
+        .requests
+        .lock()
+        .expect("request count lock")
+        .record(&info);
     let fired = cluster.fire_fault(|fault| match fault {
         Fault::ApiError { verb, resource, .. } | Fault::Forbidden { verb, resource, .. } => {
             pattern_matches(verb, &info.verb) && pattern_matches(resource, &info.resource)
@@ -99,7 +120,11 @@ async fn gate(State(cluster): State<Arc<Cluster>>, request: Request, next: Next)
 }
 
 fn json_response(value: Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 async fn version() -> Response {
@@ -117,7 +142,9 @@ async fn version() -> Response {
 }
 
 async fn api_versions() -> Response {
-    json_response(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}))
+    json_response(
+        json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+    )
 }
 
 async fn api_groups() -> Response {
@@ -145,10 +172,12 @@ async fn api_resources() -> Response {
     }))
 }
 
-/// Every namespace exists and is active; the emulator does not store namespaces.
+/// Returns an active Namespace for any valid name, because the emulator does not store
+/// namespaces.
 async fn namespace(Path(name): Path<String>) -> Response {
     if let Some(problem) = meta::check_dns1123_label(&name) {
-        return ApiError::bad_request(format!("invalid namespace name {name:?}: {problem}")).into_response();
+        return ApiError::bad_request(format!("invalid namespace name {name:?}: {problem}"))
+            .into_response();
     }
     json_response(json!({
         "kind": "Namespace",

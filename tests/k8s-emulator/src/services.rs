@@ -34,15 +34,26 @@ fn validate(name: &str, spec: &Value) -> Vec<FieldCause> {
     for (index, port) in ports.iter().enumerate() {
         let number = port["port"].as_i64().unwrap_or(0);
         if !(1..=65535).contains(&number) {
-            causes.push(FieldCause::invalid(format!("spec.ports[{index}].port"), &number.to_string(), "must be between 1 and 65535, inclusive"));
+            causes.push(FieldCause::invalid(
+                format!("spec.ports[{index}].port"),
+                &number.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         if ports.len() > 1 && port["name"].as_str().unwrap_or("").is_empty() {
-            causes.push(FieldCause::required(format!("spec.ports[{index}].name"), ""));
+            causes.push(FieldCause::required(
+                format!("spec.ports[{index}].name"),
+                "",
+            ));
         }
     }
     let service_type = spec["type"].as_str().unwrap_or("ClusterIP");
     if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&service_type) {
-        causes.push(FieldCause::invalid("spec.type", service_type, "supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""));
+        causes.push(FieldCause::invalid(
+            "spec.type",
+            service_type,
+            "supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+        ));
     }
     causes
 }
@@ -57,6 +68,7 @@ pub fn prepare_create(cluster: &Cluster, mut object: Value) -> Result<Value, Api
     if !causes.is_empty() {
         return Err(ApiError::invalid("Service", &name, causes));
     }
+
     let spec = &mut object["spec"];
     if spec["type"].is_null() {
         spec["type"] = json!("ClusterIP");
@@ -71,7 +83,10 @@ pub fn prepare_create(cluster: &Cluster, mut object: Value) -> Result<Value, Api
         spec["ipFamilies"] = json!(["IPv4"]);
         spec["ipFamilyPolicy"] = json!("SingleStack");
     }
-    for (field, value) in [("sessionAffinity", json!("None")), ("internalTrafficPolicy", json!("Cluster"))] {
+    for (field, value) in [
+        ("sessionAffinity", json!("None")),
+        ("internalTrafficPolicy", json!("Cluster")),
+    ] {
         if spec.get(field).is_none_or(Value::is_null) {
             spec[field] = value;
         }
@@ -91,7 +106,15 @@ pub fn apply_update(current: &mut Value, desired: Value) -> Result<(), ApiError>
     let requested_ip = spec["clusterIP"].as_str().unwrap_or("");
     let current_ip = current["spec"]["clusterIP"].as_str().unwrap_or("");
     if !requested_ip.is_empty() && requested_ip != current_ip {
-        return Err(ApiError::invalid("Service", &name, vec![FieldCause::invalid("spec.clusterIPs[0]", requested_ip, "may not change once set")]));
+        return Err(ApiError::invalid(
+            "Service",
+            &name,
+            vec![FieldCause::invalid(
+                "spec.clusterIPs[0]",
+                requested_ip,
+                "may not change once set",
+            )],
+        ));
     }
     let causes = validate(&name, &spec);
     if !causes.is_empty() {
@@ -100,7 +123,11 @@ pub fn apply_update(current: &mut Value, desired: Value) -> Result<(), ApiError>
     for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
         spec[field] = current["spec"][field].clone();
     }
-    for (field, value) in [("type", json!("ClusterIP")), ("sessionAffinity", json!("None")), ("internalTrafficPolicy", json!("Cluster"))] {
+    for (field, value) in [
+        ("type", json!("ClusterIP")),
+        ("sessionAffinity", json!("None")),
+        ("internalTrafficPolicy", json!("Cluster")),
+    ] {
         if spec.get(field).is_none_or(Value::is_null) {
             spec[field] = value;
         }

@@ -23,7 +23,9 @@ impl Kind {
 
     /// The kind for a plural resource name in a URL path.
     pub fn from_resource(resource: &str) -> Option<Kind> {
-        Self::ALL.into_iter().find(|kind| kind.resource() == resource)
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.resource() == resource)
     }
 
     /// The plural resource name: `pods`.
@@ -117,7 +119,8 @@ impl Store {
     }
 
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Value> {
-        self.objects.get(&(kind, namespace.to_owned(), name.to_owned()))
+        self.objects
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
     }
 
     /// Every object of `kind`, in one namespace or in all, ordered by namespace and name.
@@ -131,7 +134,9 @@ impl Store {
 
     /// Finds an object by uid, as ownerReferences name owners.
     pub fn find_by_uid(&self, kind: Kind, namespace: &str, uid: &str) -> Option<&Value> {
-        self.list(kind, Some(namespace)).into_iter().find(|object| meta::uid(object) == uid)
+        self.list(kind, Some(namespace))
+            .into_iter()
+            .find(|object| meta::uid(object) == uid)
     }
 
     fn next_version(&mut self) -> u64 {
@@ -142,7 +147,10 @@ impl Store {
     fn record(&mut self, event: StoredEvent) {
         self.history.push_back(event);
         while self.history.len() > self.history_limit {
-            let dropped = self.history.pop_front().expect("history is longer than its limit");
+            let dropped = self
+                .history
+                .pop_front()
+                .expect("history is longer than its limit");
             self.oldest_watchable = dropped.resource_version;
         }
         self.changed.send_replace(self.resource_version);
@@ -206,7 +214,9 @@ impl Store {
 
     /// Removes an object; the DELETED event carries it with the resourceVersion of the removal.
     pub fn remove(&mut self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
-        let mut object = self.objects.remove(&(kind, namespace.to_owned(), name.to_owned()))?;
+        let mut object = self
+            .objects
+            .remove(&(kind, namespace.to_owned(), name.to_owned()))?;
         let version = self.next_version();
         object["metadata"]["resourceVersion"] = Value::String(version.to_string());
         self.record(StoredEvent {
@@ -222,7 +232,10 @@ impl Store {
     /// Checks that changes after `resource_version` can still be replayed.
     pub fn check_watchable(&self, resource_version: u64) -> Result<(), Expired> {
         if resource_version < self.oldest_watchable {
-            return Err(Expired { requested: resource_version, oldest: self.oldest_watchable });
+            return Err(Expired {
+                requested: resource_version,
+                oldest: self.oldest_watchable,
+            });
         }
         Ok(())
     }

@@ -30,19 +30,26 @@ struct Filter {
 impl Filter {
     fn matches(&self, object: &Value) -> bool {
         let namespace = object["metadata"]["namespace"].as_str();
-        self.namespace.as_deref().is_none_or(|wanted| namespace == Some(wanted))
+        self.namespace
+            .as_deref()
+            .is_none_or(|wanted| namespace == Some(wanted))
             && self.labels.matches(object)
             && self.fields.matches(object)
     }
 
-    /// The event a filtered watch sends for a change: an object that starts matching is
-    /// ADDED, one that stops matching is DELETED.
+    /// Translates a change into the event a filtered watch sends. An object that starts
+    /// matching arrives as ADDED, and one that stops matching as DELETED.
     fn translate(&self, event: &StoredEvent) -> Option<(EventType, Arc<Value>)> {
         let now = self.matches(&event.object);
         match event.event_type {
-            EventType::Added | EventType::Deleted => now.then(|| (event.event_type, event.object.clone())),
+            EventType::Added | EventType::Deleted => {
+                now.then(|| (event.event_type, event.object.clone()))
+            }
             EventType::Modified => {
-                let before = event.previous.as_ref().is_some_and(|previous| self.matches(previous));
+                let before = event
+                    .previous
+                    .as_ref()
+                    .is_some_and(|previous| self.matches(previous));
                 match (before, now) {
                     (true, true) => Some((EventType::Modified, event.object.clone())),
                     (false, true) => Some((EventType::Added, event.object.clone())),
@@ -65,11 +72,15 @@ fn bookmark(kind: Kind, resource_version: u64, initial_events_end: bool) -> Byte
     if initial_events_end {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    event_line("BOOKMARK", &json!({"kind": kind.name(), "apiVersion": "v1", "metadata": metadata}))
+    event_line(
+        "BOOKMARK",
+        &json!({"kind": kind.name(), "apiVersion": "v1", "metadata": metadata}),
+    )
 }
 
 fn expired_event(requested: u64, oldest: u64) -> Bytes {
-    let status = ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status();
+    let status =
+        ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status();
     event_line("ERROR", &status)
 }
 
@@ -88,13 +99,17 @@ pub async fn watch(
     let filter = Filter {
         namespace,
         labels: LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?,
-        fields: FieldSelector::parse(kind, query.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(
+            kind,
+            query.get("fieldSelector").map(String::as_str).unwrap_or(""),
+        )?,
     };
     let bookmarks = flag(query, "allowWatchBookmarks");
     let send_initial_events = flag(query, "sendInitialEvents");
     let timeout = match query.get("timeoutSeconds") {
         Some(text) => Duration::from_secs(
-            text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {text:?}")))?,
+            text.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {text:?}")))?,
         ),
         None => DEFAULT_WATCH_TIMEOUT,
     };
@@ -107,7 +122,9 @@ pub async fn watch(
     };
 
     let gone = cluster.fire_fault(|fault| match fault {
-        Fault::WatchGone { resource, .. } => resource.as_deref().is_none_or(|r| r == kind.resource()),
+        Fault::WatchGone { resource, .. } => {
+            resource.as_deref().is_none_or(|r| r == kind.resource())
+        }
         _ => false,
     });
     let mut initial: Vec<Bytes> = Vec::new();
@@ -118,7 +135,9 @@ pub async fn watch(
         if let Some((_, Fault::WatchGone { http, .. })) = gone {
             let requested = requested.unwrap_or(current);
             if http {
-                return Err(ApiError::expired(format!("too old resource version: {requested} ({current})")));
+                return Err(ApiError::expired(format!(
+                    "too old resource version: {requested} ({current})"
+                )));
             }
             initial.push(expired_event(requested, current));
             None
@@ -163,7 +182,9 @@ pub async fn watch(
             let events = cluster.store().events_after(cursor);
             match events {
                 Err(expired) => {
-                    let _ = sender.send(expired_event(expired.requested, expired.oldest)).await;
+                    let _ = sender
+                        .send(expired_event(expired.requested, expired.oldest))
+                        .await;
                     return;
                 }
                 Ok(events) => {
@@ -173,7 +194,11 @@ pub async fn watch(
                             continue;
                         }
                         if let Some((event_type, object)) = filter.translate(&event) {
-                            if sender.send(event_line(event_type.as_str(), &object)).await.is_err() {
+                            if sender
+                                .send(event_line(event_type.as_str(), &object))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -198,7 +223,14 @@ pub async fn watch(
         }
     });
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), receiver))
+        receiver
+            .recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), receiver))
     });
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }

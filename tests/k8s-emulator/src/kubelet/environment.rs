@@ -1,4 +1,4 @@
-//! What a container sees: its volumes as folders, its environment, and the rewriting of mount
+//! What a container gets: its volumes as folders, its environment, and the rewriting of mount
 //! paths onto those folders.
 //!
 //! Local processes cannot mount anything, so each `volumeMounts[].mountPath` is mapped onto the
@@ -20,8 +20,15 @@ use crate::store::Kind;
 /// The folders of a pod's volumes, by volume name.
 pub type VolumeFolders = BTreeMap<String, PathBuf>;
 
-fn secret_data(cluster: &Cluster, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-    let object = cluster.store().get(Kind::Secret, namespace, name).cloned()?;
+fn secret_data(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> Option<BTreeMap<String, Vec<u8>>> {
+    let object = cluster
+        .store()
+        .get(Kind::Secret, namespace, name)
+        .cloned()?;
     let secret: Secret = serde_json::from_value(object).ok()?;
     Some(
         secret
@@ -35,10 +42,18 @@ fn secret_data(cluster: &Cluster, namespace: &str, name: &str) -> Option<BTreeMa
 
 /// Creates the pod's volumes under `pod_dir/volumes`. Returns the kubelet-style message of the
 /// first volume that cannot be set up yet (a missing secret), so the caller can retry.
-pub fn prepare_volumes(cluster: &Cluster, pod: &Pod, pod_dir: &Path) -> Result<VolumeFolders, String> {
+pub fn prepare_volumes(
+    cluster: &Cluster,
+    pod: &Pod,
+    pod_dir: &Path,
+) -> Result<VolumeFolders, String> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut folders = VolumeFolders::new();
-    let volumes = pod.spec.as_ref().and_then(|spec| spec.volumes.clone()).unwrap_or_default();
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.volumes.clone())
+        .unwrap_or_default();
     for volume in volumes {
         let folder = pod_dir.join("volumes").join(&volume.name);
         if volume.empty_dir.is_some() {
@@ -57,10 +72,14 @@ pub fn prepare_volumes(cluster: &Cluster, pod: &Pod, pod_dir: &Path) -> Result<V
                     ));
                 }
             };
-            std::fs::create_dir_all(&folder)
-                .map_err(|error| format!("failed to create secret volume {:?}: {error}", volume.name))?;
+            std::fs::create_dir_all(&folder).map_err(|error| {
+                format!("failed to create secret volume {:?}: {error}", volume.name)
+            })?;
             let files: Vec<(String, String)> = match &source.items {
-                Some(items) => items.iter().map(|item| (item.key.clone(), item.path.clone())).collect(),
+                Some(items) => items
+                    .iter()
+                    .map(|item| (item.key.clone(), item.path.clone()))
+                    .collect(),
                 None => data.keys().map(|key| (key.clone(), key.clone())).collect(),
             };
             for (key, relative) in files {
@@ -129,9 +148,9 @@ impl Mounts {
         Self { entries }
     }
 
-    /// Replaces each mount path that appears in `text` as a whole path prefix: the character
-    /// before it must not be part of a path and the one after it must be `/` or not be part of
-    /// a path, so `/work` is rewritten in `cd /work/app` but not in `/workspace` or `/a/work`.
+    /// Replaces each mount path that appears in `text` as a whole path prefix. The character
+    /// before it must not be part of a path, and the one after it must be `/` or not be part of
+    /// a path. So `/work` is rewritten in `cd /work/app` but not in `/workspace` or `/a/work`.
     pub fn rewrite(&self, text: &str) -> String {
         let mut result = String::with_capacity(text.len());
         let mut position = 0;
@@ -150,7 +169,10 @@ impl Mounts {
                     }
                 }
             }
-            let character = text[position..].chars().next().expect("position is inside text");
+            let character = text[position..]
+                .chars()
+                .next()
+                .expect("position is inside text");
             result.push(character);
             position += character.len_utf8();
         }
@@ -199,8 +221,14 @@ pub fn expand_references(text: &str, env: &[(String, OsString)]) -> String {
 
 fn field_ref(pod: &Value, path: &str) -> Option<String> {
     let metadata = &pod["metadata"];
-    for (prefix, map) in [("metadata.labels['", "labels"), ("metadata.annotations['", "annotations")] {
-        if let Some(key) = path.strip_prefix(prefix).and_then(|rest| rest.strip_suffix("']")) {
+    for (prefix, map) in [
+        ("metadata.labels['", "labels"),
+        ("metadata.annotations['", "annotations"),
+    ] {
+        if let Some(key) = path
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix("']"))
+        {
             return Some(metadata[map][key].as_str().unwrap_or("").to_owned());
         }
     }
@@ -227,7 +255,12 @@ pub fn container_env(
 ) -> Result<Vec<(String, OsString)>, String> {
     let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("");
     let mut env: Vec<(String, OsString)> = cluster.base_env.clone();
-    let hostname = pod["metadata"]["name"].as_str().unwrap_or("").chars().take(63).collect::<String>();
+    let hostname = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .take(63)
+        .collect::<String>();
     env.push(("HOSTNAME".to_owned(), hostname.into()));
 
     for source in container.env_from.iter().flatten() {
@@ -243,7 +276,9 @@ pub fn container_env(
             }
         }
         if source.config_map_ref.is_some() {
-            return Err("envFrom configMapRef: the k8s emulator does not store ConfigMaps".to_owned());
+            return Err(
+                "envFrom configMapRef: the k8s emulator does not store ConfigMaps".to_owned(),
+            );
         }
     }
 
@@ -307,8 +342,10 @@ mod tests {
     use super::*;
 
     fn mounts(entries: &[(&str, &str)]) -> Mounts {
-        let mut entries: Vec<(String, PathBuf)> =
-            entries.iter().map(|(m, f)| (m.to_string(), PathBuf::from(f))).collect();
+        let mut entries: Vec<(String, PathBuf)> = entries
+            .iter()
+            .map(|(m, f)| (m.to_string(), PathBuf::from(f)))
+            .collect();
         entries.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         Mounts { entries }
     }

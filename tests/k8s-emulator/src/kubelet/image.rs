@@ -4,7 +4,10 @@
 fn is_path_component(component: &str) -> bool {
     // A component is lowercase alphanumeric runs joined by one of `.`, `_`, `__` or dashes.
     let bytes = component.as_bytes();
-    if bytes.is_empty() || !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+    if bytes.is_empty()
+        || !bytes[0].is_ascii_alphanumeric()
+        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
+    {
         return false;
     }
     let mut index = 0;
@@ -15,11 +18,16 @@ fn is_path_component(component: &str) -> bool {
             continue;
         }
         let start = index;
-        while index < bytes.len() && !(bytes[index].is_ascii_lowercase() || bytes[index].is_ascii_digit()) {
+        while index < bytes.len()
+            && !(bytes[index].is_ascii_lowercase() || bytes[index].is_ascii_digit())
+        {
             index += 1;
         }
         let separator = &component[start..index];
-        let valid = separator == "." || separator == "_" || separator == "__" || separator.bytes().all(|b| b == b'-');
+        let valid = separator == "."
+            || separator == "_"
+            || separator == "__"
+            || separator.bytes().all(|b| b == b'-');
         if !valid {
             return false;
         }
@@ -47,7 +55,9 @@ fn is_tag(tag: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn is_digest(digest: &str) -> bool {
@@ -55,7 +65,9 @@ fn is_digest(digest: &str) -> bool {
         return false;
     };
     !algorithm.is_empty()
-        && algorithm.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-' | b'_'))
+        && algorithm
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-' | b'_'))
         && hex.len() >= 32
         && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -75,25 +87,34 @@ pub fn check_reference(image: &str) -> Result<(), String> {
     if digest.is_some_and(|d| !is_digest(d)) {
         return invalid();
     }
+
     // A tag follows the last colon that comes after the last slash.
     let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match rest[last_slash..].rfind(':') {
-        Some(colon) => (&rest[..last_slash + colon], Some(&rest[last_slash + colon + 1..])),
+        Some(colon) => (
+            &rest[..last_slash + colon],
+            Some(&rest[last_slash + colon + 1..]),
+        ),
         None => (rest, None),
     };
     if tag.is_some_and(|t| !is_tag(t)) || name.is_empty() || name.len() > 255 {
         return invalid();
     }
+
     let mut components: Vec<&str> = name.split('/').collect();
     let first = components[0];
-    let has_domain = components.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_domain = components.len() > 1
+        && (first.contains('.') || first.contains(':') || first == "localhost");
     if has_domain {
         if !is_domain(first) {
             return invalid();
         }
         components.remove(0);
     }
-    if components.iter().all(|component| is_path_component(component)) {
+    if components
+        .iter()
+        .all(|component| is_path_component(component))
+    {
         Ok(())
     } else {
         invalid()
@@ -115,7 +136,16 @@ mod tests {
         ] {
             assert!(check_reference(valid).is_ok(), "{valid}");
         }
-        for invalid in ["Python:3", "bad image", "a:b:c", "app:", "", "-a", "a//b", "app@sha256:xyz"] {
+        for invalid in [
+            "Python:3",
+            "bad image",
+            "a:b:c",
+            "app:",
+            "",
+            "-a",
+            "a//b",
+            "app@sha256:xyz",
+        ] {
             assert!(check_reference(invalid).is_err(), "{invalid}");
         }
     }

@@ -140,7 +140,9 @@ pub struct PodRuntime {
 
 impl PodRuntime {
     pub fn container(&self, name: &str) -> Option<&Arc<ContainerRuntime>> {
-        self.containers.iter().find(|container| container.name == name)
+        self.containers
+            .iter()
+            .find(|container| container.name == name)
     }
 
     pub fn stop_request(&self) -> Option<StopRequest> {
@@ -155,7 +157,9 @@ impl PodRuntime {
     pub async fn wait_done(&self, timeout: Duration) -> bool {
         let mut done = self.done.subscribe();
         let finished = async move { done.wait_for(|done| *done).await.is_ok() };
-        tokio::time::timeout(timeout, finished).await.unwrap_or(false)
+        tokio::time::timeout(timeout, finished)
+            .await
+            .unwrap_or(false)
     }
 
     /// Sleeps for `duration` unless a stop request comes first; returns the request if one did.
@@ -169,7 +173,11 @@ impl PodRuntime {
 
     async fn wait_stop(&self) -> StopRequest {
         let mut stop = self.stop.subscribe();
-        let request = stop.wait_for(Option::is_some).await.ok().and_then(|request| request.clone());
+        let request = stop
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|request| request.clone());
         request.unwrap_or(StopRequest::Shutdown)
     }
 }
@@ -186,7 +194,12 @@ impl Kubelet {
     }
 
     pub fn all(&self) -> Vec<Arc<PodRuntime>> {
-        self.pods.lock().expect("kubelet lock").values().cloned().collect()
+        self.pods
+            .lock()
+            .expect("kubelet lock")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -219,7 +232,9 @@ pub fn admit(cluster: &Arc<Cluster>, object: &Value) {
         .chain(spec.containers.iter())
         .map(|container| Arc::new(ContainerRuntime::new(container)))
         .collect();
-    let qos_class = object["status"]["qosClass"].as_str().unwrap_or("BestEffort");
+    let qos_class = object["status"]["qosClass"]
+        .as_str()
+        .unwrap_or("BestEffort");
     let runtime = Arc::new(PodRuntime {
         uid: uid.clone(),
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -230,7 +245,12 @@ pub fn admit(cluster: &Arc<Cluster>, object: &Value) {
         stop: watch::channel(None).0,
         done: watch::channel(false).0,
     });
-    cluster.kubelet.pods.lock().expect("kubelet lock").insert(uid, runtime.clone());
+    cluster
+        .kubelet
+        .pods
+        .lock()
+        .expect("kubelet lock")
+        .insert(uid, runtime.clone());
     tracing::info!(namespace = %runtime.namespace, pod = %runtime.name, "admitted pod");
     let cluster = cluster.clone();
     tokio::spawn(async move {
@@ -319,7 +339,12 @@ pub fn forget(cluster: &Arc<Cluster>, uid: &str) {
     let cluster = cluster.clone();
     tokio::spawn(async move {
         pod.wait_done(Duration::from_secs(30)).await;
-        cluster.kubelet.pods.lock().expect("kubelet lock").remove(&pod.uid);
+        cluster
+            .kubelet
+            .pods
+            .lock()
+            .expect("kubelet lock")
+            .remove(&pod.uid);
         if let Err(error) = std::fs::remove_dir_all(&pod.dir) {
             if error.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(pod = %pod.name, %error, "failed to remove a pod's folder");
@@ -328,8 +353,8 @@ pub fn forget(cluster: &Arc<Cluster>, uid: &str) {
     });
 }
 
-/// Writes the kubelet's status of the pod into the store; a pod that left the store or was
-/// replaced by one with another uid is not touched.
+/// Writes the kubelet's status of the pod into the store. A pod that left the store, or was
+/// replaced by one with another uid, is not touched.
 pub fn publish(cluster: &Cluster, pod: &PodRuntime) {
     let model = pod.status.lock().expect("status lock");
     let status = match serde_json::to_value(model.to_status()) {
@@ -354,10 +379,19 @@ fn update_status(cluster: &Cluster, pod: &PodRuntime, change: impl FnOnce(&mut S
     publish(cluster, pod);
 }
 
-fn set_waiting(cluster: &Cluster, pod: &PodRuntime, container: &str, reason: &str, message: Option<String>) {
+fn set_waiting(
+    cluster: &Cluster,
+    pod: &PodRuntime,
+    container: &str,
+    reason: &str,
+    message: Option<String>,
+) {
     update_status(cluster, pod, |model| {
         if let Some(model) = model.container_mut(container) {
-            model.phase = ContainerPhase::Waiting { reason: reason.to_owned(), message };
+            model.phase = ContainerPhase::Waiting {
+                reason: reason.to_owned(),
+                message,
+            };
         }
     });
 }
@@ -375,15 +409,27 @@ async fn lifecycle(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, pod: &Pod)
     }
 
     let spec = pod.spec.clone().unwrap_or_default();
-    let has_init = spec.init_containers.as_ref().is_some_and(|list| !list.is_empty());
+    let has_init = spec
+        .init_containers
+        .as_ref()
+        .is_some_and(|list| !list.is_empty());
     update_status(cluster, runtime, |model| {
         model.on_node = true;
         model.start_time = Some(crate::meta::now());
         model.set_condition("PodReadyToStartContainers", false, None, None);
         if has_init {
-            let names: Vec<&str> = model.init_containers.iter().map(|c| c.name.as_str()).collect();
+            let names: Vec<&str> = model
+                .init_containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
             let message = format!("containers with incomplete status: [{}]", names.join(" "));
-            model.set_condition("Initialized", false, Some("ContainersNotInitialized"), Some(message));
+            model.set_condition(
+                "Initialized",
+                false,
+                Some("ContainersNotInitialized"),
+                Some(message),
+            );
         } else {
             model.set_condition("Initialized", true, None, None);
         }
@@ -398,7 +444,10 @@ async fn lifecycle(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, pod: &Pod)
             Ok(folders) => break folders,
             Err(message) => {
                 tracing::info!(pod = %runtime.name, %message, "volumes not ready; retrying");
-                if let Some(request) = runtime.sleep_or_stop(cluster.options.config_retry_interval).await {
+                if let Some(request) = runtime
+                    .sleep_or_stop(cluster.options.config_retry_interval)
+                    .await
+                {
                     return Outcome::Stopped(request);
                 }
             }
@@ -409,15 +458,33 @@ async fn lifecycle(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, pod: &Pod)
     });
 
     for container in spec.init_containers.iter().flatten() {
-        let runtime_container = runtime.container(&container.name).expect("init container runtime").clone();
-        match run_container(cluster, runtime, &runtime_container, &object, &folders, true).await {
+        let runtime_container = runtime
+            .container(&container.name)
+            .expect("init container runtime")
+            .clone();
+        match run_container(
+            cluster,
+            runtime,
+            &runtime_container,
+            &object,
+            &folders,
+            true,
+        )
+        .await
+        {
             ContainerEnd::Stopped(request) => return Outcome::Stopped(request),
             ContainerEnd::Exited(0) => {}
             ContainerEnd::Exited(_) => {
                 update_status(cluster, runtime, |model| {
                     model.phase = "Failed";
-                    let message = format!("containers with incomplete status: [{}]", container.name);
-                    model.set_condition("Initialized", false, Some("ContainersNotInitialized"), Some(message));
+                    let message =
+                        format!("containers with incomplete status: [{}]", container.name);
+                    model.set_condition(
+                        "Initialized",
+                        false,
+                        Some("ContainersNotInitialized"),
+                        Some(message),
+                    );
                     model.update_readiness();
                 });
                 return match runtime.stop_request() {
@@ -431,17 +498,26 @@ async fn lifecycle(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, pod: &Pod)
         update_status(cluster, runtime, |model| {
             model.set_condition("Initialized", true, None, None);
             for container in &mut model.containers {
-                container.phase = ContainerPhase::Waiting { reason: "ContainerCreating".into(), message: None };
+                container.phase = ContainerPhase::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: None,
+                };
             }
         });
     }
 
-    let runs = spec.containers.iter().map(|container| {
-        let runtime_container = runtime.container(&container.name).expect("container runtime").clone();
-        let object = &object;
-        let folders = &folders;
-        async move { run_container(cluster, runtime, &runtime_container, object, folders, false).await }
-    });
+    let runs =
+        spec.containers.iter().map(|container| {
+            let runtime_container = runtime
+                .container(&container.name)
+                .expect("container runtime")
+                .clone();
+            let object = &object;
+            let folders = &folders;
+            async move {
+                run_container(cluster, runtime, &runtime_container, object, folders, false).await
+            }
+        });
     join_all(runs).await;
     match runtime.stop_request() {
         Some(request) => Outcome::Stopped(request),
@@ -449,10 +525,16 @@ async fn lifecycle(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, pod: &Pod)
     }
 }
 
-/// Binds the pod to the node, or holds it unschedulable while a fault says so. Returns a stop
-/// request that came first.
-async fn schedule(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, object: &Value) -> Option<StopRequest> {
-    let fired = cluster.fire_fault(|fault| matches!(fault, Fault::Unschedulable { pods, .. } if pods.matches(object)));
+/// Binds the pod to the node, or keeps it unschedulable while a matching fault is armed.
+/// Returns a stop request that came first.
+async fn schedule(
+    cluster: &Arc<Cluster>,
+    runtime: &Arc<PodRuntime>,
+    object: &Value,
+) -> Option<StopRequest> {
+    let fired = cluster.fire_fault(
+        |fault| matches!(fault, Fault::Unschedulable { pods, .. } if pods.matches(object)),
+    );
     if let Some((id, Fault::Unschedulable { message, .. })) = fired {
         let message = message.unwrap_or_else(|| {
             "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".to_owned()
@@ -469,13 +551,15 @@ async fn schedule(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, object: &Va
     if let Some(request) = runtime.stop_request() {
         return Some(request);
     }
-    let bound = cluster.store().update(Kind::Pod, &runtime.namespace, &runtime.name, |object| {
-        if object["metadata"]["uid"].as_str() != Some(runtime.uid.as_str()) {
-            return Err(crate::api_error::ApiError::not_found("pods", &runtime.name));
-        }
-        object["spec"]["nodeName"] = Value::String(NODE_NAME.to_owned());
-        Ok(())
-    });
+    let bound = cluster
+        .store()
+        .update(Kind::Pod, &runtime.namespace, &runtime.name, |object| {
+            if object["metadata"]["uid"].as_str() != Some(runtime.uid.as_str()) {
+                return Err(crate::api_error::ApiError::not_found("pods", &runtime.name));
+            }
+            object["spec"]["nodeName"] = Value::String(NODE_NAME.to_owned());
+            Ok(())
+        });
     if bound.is_err() {
         return Some(StopRequest::Shutdown);
     }
@@ -485,15 +569,25 @@ async fn schedule(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, object: &Va
     None
 }
 
-fn arm_deadline(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, seconds: i64, spec: &k8s_openapi::api::core::v1::PodSpec) {
-    let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+fn arm_deadline(
+    cluster: &Arc<Cluster>,
+    runtime: &Arc<PodRuntime>,
+    seconds: i64,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) {
+    let grace =
+        Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
     let cluster = cluster.clone();
     let runtime = runtime.clone();
     tokio::spawn(async move {
         let deadline = Duration::from_secs(seconds.max(0) as u64);
         if runtime.sleep_or_stop(deadline).await.is_none() && !runtime.is_done() {
             tracing::info!(pod = %runtime.name, seconds, "activeDeadlineSeconds ran out");
-            request_stop(&cluster, &runtime.uid, StopRequest::DeadlineExceeded { grace });
+            request_stop(
+                &cluster,
+                &runtime.uid,
+                StopRequest::DeadlineExceeded { grace },
+            );
         }
     });
 }
@@ -518,9 +612,11 @@ async fn run_container(
     }
 
     let delay = cluster.fire_fault(|fault| match fault {
-        Fault::StartDelay { pods, container: only, .. } => {
-            pods.matches(object) && only.as_deref().is_none_or(|c| c == name)
-        }
+        Fault::StartDelay {
+            pods,
+            container: only,
+            ..
+        } => pods.matches(object) && only.as_deref().is_none_or(|c| c == name),
         _ => false,
     });
     if let Some((_, Fault::StartDelay { delay_millis, .. })) = delay {
@@ -535,8 +631,17 @@ async fn run_container(
         match environment::container_env(cluster, object, &container.spec, &mounts) {
             Ok(env) => break env,
             Err(message) => {
-                set_waiting(cluster, pod, name, "CreateContainerConfigError", Some(message));
-                if let Some(request) = pod.sleep_or_stop(cluster.options.config_retry_interval).await {
+                set_waiting(
+                    cluster,
+                    pod,
+                    name,
+                    "CreateContainerConfigError",
+                    Some(message),
+                );
+                if let Some(request) = pod
+                    .sleep_or_stop(cluster.options.config_retry_interval)
+                    .await
+                {
                     return ContainerEnd::Stopped(request);
                 }
             }
@@ -550,7 +655,12 @@ async fn run_container(
         .chain(container.spec.args.iter().flatten())
         .map(|part| mounts.rewrite(&environment::expand_references(part, &env)))
         .collect();
-    let working_dir = match container.spec.working_dir.as_deref().filter(|d| !d.is_empty()) {
+    let working_dir = match container
+        .spec
+        .working_dir
+        .as_deref()
+        .filter(|d| !d.is_empty())
+    {
         Some(dir) => PathBuf::from(mounts.rewrite(dir)),
         None => {
             let dir = pod.dir.join("containers").join(name);
@@ -584,11 +694,25 @@ async fn run_container(
             tracing::info!(pod = %pod.name, container = name, %message, "container failed to start");
             container.progress.send_replace(Progress::Exited);
             container.log.close();
-            finish_container(cluster, pod, container, init, 128, None, "StartError", Some(message), None, container_id);
+            finish_container(
+                cluster,
+                pod,
+                container,
+                init,
+                128,
+                None,
+                "StartError",
+                Some(message),
+                None,
+                container_id,
+            );
             return ContainerEnd::Exited(128);
         }
     };
-    *container.stdin.try_lock().expect("stdin is not shared before start") = spawned.stdin.take();
+    *container
+        .stdin
+        .try_lock()
+        .expect("stdin is not shared before start") = spawned.stdin.take();
     container.progress.send_replace(Progress::Running);
     tracing::info!(pod = %pod.name, container = name, pid = spawned.pid, "container started");
     update_status(cluster, pod, |model| {
@@ -613,7 +737,9 @@ async fn run_container(
                     Ok(0) | Err(_) => break,
                     Ok(count) => {
                         container.log.append(&buffer[..count]);
-                        let _ = container.output.send(Bytes::copy_from_slice(&buffer[..count]));
+                        let _ = container
+                            .output
+                            .send(Bytes::copy_from_slice(&buffer[..count]));
                     }
                 }
             }
@@ -627,7 +753,10 @@ async fn run_container(
         slot.group = None;
         slot.forced_reason.take()
     };
-    if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, reader).await.is_err() {
+    if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, reader)
+        .await
+        .is_err()
+    {
         tracing::warn!(pod = %pod.name, container = name, "output pipe still open after the process exited");
     }
     container.log.close();
@@ -647,7 +776,18 @@ async fn run_container(
         (None, _) => "Error",
     };
     tracing::info!(pod = %pod.name, container = name, exit_code, reason, "container terminated");
-    finish_container(cluster, pod, container, init, exit_code, signal, reason, None, Some(started_at), container_id);
+    finish_container(
+        cluster,
+        pod,
+        container,
+        init,
+        exit_code,
+        signal,
+        reason,
+        None,
+        Some(started_at),
+        container_id,
+    );
     ContainerEnd::Exited(exit_code)
 }
 
@@ -698,12 +838,18 @@ fn apply_stop_reason(model: &mut StatusModel, request: &StopRequest) {
             model.phase = "Failed";
             model.reason = Some("Evicted".to_owned());
             model.message = Some(message.clone());
-            model.set_condition("DisruptionTarget", true, Some("TerminationByKubelet"), Some(message.clone()));
+            model.set_condition(
+                "DisruptionTarget",
+                true,
+                Some("TerminationByKubelet"),
+                Some(message.clone()),
+            );
         }
         StopRequest::DeadlineExceeded { .. } => {
             model.phase = "Failed";
             model.reason = Some("DeadlineExceeded".to_owned());
-            model.message = Some("Pod was active on the node longer than the specified deadline".to_owned());
+            model.message =
+                Some("Pod was active on the node longer than the specified deadline".to_owned());
         }
         StopRequest::Delete { .. } | StopRequest::Shutdown => {}
     }
@@ -724,9 +870,11 @@ async fn pull_image(
         return Some(pod.wait_stop().await);
     }
     let fired = cluster.fire_fault(|fault| match fault {
-        Fault::ImagePull { pods, container: only, .. } => {
-            pods.matches(object) && only.as_deref().is_none_or(|c| c == name)
-        }
+        Fault::ImagePull {
+            pods,
+            container: only,
+            ..
+        } => pods.matches(object) && only.as_deref().is_none_or(|c| c == name),
         _ => false,
     });
     let Some((id, Fault::ImagePull { message, .. })) = fired else {
@@ -754,12 +902,19 @@ async fn pull_image(
 }
 
 /// Starts the timers of `OomKill` and `Evict` faults that match this container's pod.
-fn arm_container_faults(cluster: &Arc<Cluster>, pod: &Arc<PodRuntime>, container: &Arc<ContainerRuntime>, object: &Value) {
+fn arm_container_faults(
+    cluster: &Arc<Cluster>,
+    pod: &Arc<PodRuntime>,
+    container: &Arc<ContainerRuntime>,
+    object: &Value,
+) {
     let name = container.name.clone();
     let oom = cluster.fire_fault(|fault| match fault {
-        Fault::OomKill { pods, container: only, .. } => {
-            pods.matches(object) && only.as_deref().is_none_or(|c| c == name)
-        }
+        Fault::OomKill {
+            pods,
+            container: only,
+            ..
+        } => pods.matches(object) && only.as_deref().is_none_or(|c| c == name),
         _ => false,
     });
     if let Some((_, Fault::OomKill { after_millis, .. })) = oom {
@@ -775,8 +930,17 @@ fn arm_container_faults(cluster: &Arc<Cluster>, pod: &Arc<PodRuntime>, container
     if !first_started {
         return;
     }
-    let eviction = cluster.fire_fault(|fault| matches!(fault, Fault::Evict { pods, .. } if pods.matches(object)));
-    if let Some((_, Fault::Evict { after_millis, message, .. })) = eviction {
+    let eviction = cluster
+        .fire_fault(|fault| matches!(fault, Fault::Evict { pods, .. } if pods.matches(object)));
+    if let Some((
+        _,
+        Fault::Evict {
+            after_millis,
+            message,
+            ..
+        },
+    )) = eviction
+    {
         let cluster = cluster.clone();
         let uid = pod.uid.clone();
         tokio::spawn(async move {
@@ -787,7 +951,8 @@ fn arm_container_faults(cluster: &Arc<Cluster>, pod: &Arc<PodRuntime>, container
 }
 
 /// The kubelet's message for an eviction under memory pressure.
-pub const DEFAULT_EVICTION_MESSAGE: &str = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. ";
+pub const DEFAULT_EVICTION_MESSAGE: &str =
+    "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. ";
 
 /// Evicts a pod: its containers are killed at once and it fails with reason `Evicted`.
 pub fn evict(cluster: &Cluster, uid: &str, message: Option<String>) -> bool {
@@ -805,13 +970,19 @@ pub fn evict(cluster: &Cluster, uid: &str, message: Option<String>) -> bool {
 
 /// Reports a container that never ran in a pod that stopped, as the kubelet does.
 fn mark_never_started(model: &mut StatusModel) {
-    for container in model.init_containers.iter_mut().chain(model.containers.iter_mut()) {
+    for container in model
+        .init_containers
+        .iter_mut()
+        .chain(model.containers.iter_mut())
+    {
         if matches!(container.phase, ContainerPhase::Waiting { .. }) && model.on_node {
             container.phase = ContainerPhase::Terminated {
                 exit_code: 137,
                 signal: None,
                 reason: "ContainerStatusUnknown".to_owned(),
-                message: Some("The container could not be located when the pod was terminated".to_owned()),
+                message: Some(
+                    "The container could not be located when the pod was terminated".to_owned(),
+                ),
                 started_at: None,
                 finished_at: crate::meta::now(),
             };
@@ -841,7 +1012,9 @@ async fn finish(cluster: &Arc<Cluster>, pod: &Arc<PodRuntime>, outcome: Outcome)
             });
             crate::resources::finish_pod_deletion(cluster, &pod.namespace, &pod.name, &pod.uid);
         }
-        Outcome::Stopped(request @ (StopRequest::Evict { .. } | StopRequest::DeadlineExceeded { .. })) => {
+        Outcome::Stopped(
+            request @ (StopRequest::Evict { .. } | StopRequest::DeadlineExceeded { .. }),
+        ) => {
             update_status(cluster, pod, |model| {
                 mark_never_started(model);
                 apply_stop_reason(model, &request);

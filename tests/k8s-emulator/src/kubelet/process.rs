@@ -35,7 +35,11 @@ pub fn spawn(
         .env_clear()
         .envs(env.iter().map(|(name, value)| (name, value)))
         .current_dir(working_dir)
-        .stdin(if with_stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(if with_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::from(writer.try_clone()?))
         .stderr(Stdio::from(writer))
         .process_group(0);
@@ -43,10 +47,18 @@ pub fn spawn(
     // The command keeps the pipe's write end open; dropping it lets the reader see end of file
     // once the process group is gone.
     drop(command);
-    let pid = child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or(0);
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .unwrap_or(0);
     let stdin = child.stdin.take();
     let output = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
-    Ok(Spawned { child, pid, output, stdin })
+    Ok(Spawned {
+        child,
+        pid,
+        output,
+        stdin,
+    })
 }
 
 /// Sends `signal` to every process in the group `group`.
@@ -64,7 +76,7 @@ pub fn signal_group(group: i32, signal: i32) {
     }
 }
 
-/// The exit code the kubelet reports: the process's own, or 128 + N for signal N.
+/// Returns the exit code the kubelet reports: the process's own, or 128 + N for signal N.
 pub fn exit_code_and_signal(status: ExitStatus) -> (i32, Option<i32>) {
     match (status.code(), status.signal()) {
         (Some(code), _) => (code, None),

@@ -58,7 +58,9 @@ impl ContainerModel {
                 ..ContainerState::default()
             },
             ContainerPhase::Running { started_at } => ContainerState {
-                running: Some(ContainerStateRunning { started_at: Some(Time(*started_at)) }),
+                running: Some(ContainerStateRunning {
+                    started_at: Some(Time(*started_at)),
+                }),
                 ..ContainerState::default()
             },
             ContainerPhase::Terminated {
@@ -84,7 +86,11 @@ impl ContainerModel {
         ContainerStatus {
             name: self.name.clone(),
             image: self.image.clone(),
-            image_id: if self.container_id.is_some() { self.image.clone() } else { String::new() },
+            image_id: if self.container_id.is_some() {
+                self.image.clone()
+            } else {
+                String::new()
+            },
             container_id: self.container_id.clone(),
             ready: self.is_running(),
             started: Some(self.is_running()),
@@ -120,23 +126,33 @@ pub struct StatusModel {
     pub containers: Vec<ContainerModel>,
 }
 
-fn containers_of(list: &[k8s_openapi::api::core::v1::Container], reason: &str) -> Vec<ContainerModel> {
+fn containers_of(
+    list: &[k8s_openapi::api::core::v1::Container],
+    reason: &str,
+) -> Vec<ContainerModel> {
     list.iter()
         .map(|container| ContainerModel {
             name: container.name.clone(),
             image: container.image.clone().unwrap_or_default(),
-            phase: ContainerPhase::Waiting { reason: reason.to_owned(), message: None },
+            phase: ContainerPhase::Waiting {
+                reason: reason.to_owned(),
+                message: None,
+            },
             container_id: None,
         })
         .collect()
 }
 
 impl StatusModel {
-    /// The status of a pod that no node has taken yet.
+    /// Builds the status of a pod that no node has taken yet.
     pub fn new(pod: &Pod, qos_class: &str) -> Self {
         let spec = pod.spec.clone().unwrap_or_default();
         let init = spec.init_containers.unwrap_or_default();
-        let app_reason = if init.is_empty() { "ContainerCreating" } else { "PodInitializing" };
+        let app_reason = if init.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
         Self {
             phase: "Pending",
             reason: None,
@@ -160,7 +176,11 @@ impl StatusModel {
     ) {
         let now = crate::meta::now();
         let reason = reason.map(str::to_owned);
-        match self.conditions.iter_mut().find(|condition| condition.type_ == type_) {
+        match self
+            .conditions
+            .iter_mut()
+            .find(|condition| condition.type_ == type_)
+        {
             Some(condition) => {
                 if condition.status != status {
                     condition.last_transition = now;
@@ -220,7 +240,10 @@ impl StatusModel {
         let all_terminated = self.containers.iter().all(ContainerModel::is_terminated);
         if all_terminated {
             let all_succeeded = self.containers.iter().all(|container| {
-                matches!(container.phase, ContainerPhase::Terminated { exit_code: 0, .. })
+                matches!(
+                    container.phase,
+                    ContainerPhase::Terminated { exit_code: 0, .. }
+                )
             });
             self.phase = if all_succeeded { "Succeeded" } else { "Failed" };
         } else if self.containers.iter().any(ContainerModel::is_running) {
@@ -250,15 +273,32 @@ impl StatusModel {
             start_time: self.start_time.map(Time),
             conditions: (!conditions.is_empty()).then_some(conditions),
             host_ip: with_ip(POD_IP),
-            host_ips: self.on_node.then(|| vec![HostIP { ip: POD_IP.to_owned() }]),
+            host_ips: self.on_node.then(|| {
+                vec![HostIP {
+                    ip: POD_IP.to_owned(),
+                }]
+            }),
             pod_ip: with_ip(POD_IP),
-            pod_ips: self.on_node.then(|| vec![PodIP { ip: POD_IP.to_owned() }]),
+            pod_ips: self.on_node.then(|| {
+                vec![PodIP {
+                    ip: POD_IP.to_owned(),
+                }]
+            }),
             qos_class: Some(self.qos_class.clone()),
-            init_container_statuses: (self.on_node && !self.init_containers.is_empty())
-                .then(|| self.init_containers.iter().map(ContainerModel::to_status).collect()),
-            container_statuses: self
-                .on_node
-                .then(|| self.containers.iter().map(ContainerModel::to_status).collect()),
+            init_container_statuses: (self.on_node && !self.init_containers.is_empty()).then(
+                || {
+                    self.init_containers
+                        .iter()
+                        .map(ContainerModel::to_status)
+                        .collect()
+                },
+            ),
+            container_statuses: self.on_node.then(|| {
+                self.containers
+                    .iter()
+                    .map(ContainerModel::to_status)
+                    .collect()
+            }),
             ..PodStatus::default()
         }
     }

@@ -18,7 +18,7 @@ pub const NAMESPACE: &str = "tests";
 /// How long a test waits for one expected state before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A client configured from the emulator's kubeconfig, the way a plugin loads one.
+/// Builds a client from the emulator's kubeconfig, loaded the way a plugin loads one.
 pub async fn client(emulator: &Emulator) -> Client {
     let kubeconfig = Kubeconfig::read_from(emulator.kubeconfig_path()).expect("kubeconfig parses");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -31,7 +31,7 @@ pub async fn pods(emulator: &Emulator) -> Api<Pod> {
     Api::namespaced(client(emulator).await, NAMESPACE)
 }
 
-/// A pod manifest with one container `app` running `command`, never restarted.
+/// Returns a pod manifest with one container `app` running `command`, never restarted.
 pub fn pod_manifest(name: &str, command: &[&str]) -> Value {
     json!({
         "apiVersion": "v1",
@@ -52,7 +52,9 @@ pub fn pod_from(manifest: Value) -> Pod {
 /// Watches one pod until `done` accepts it; fails after `WAIT`.
 pub async fn wait_for_pod(api: &Api<Pod>, name: &str, done: impl Fn(&Pod) -> bool) -> Pod {
     let watching = async {
-        let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(60);
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(60);
         let mut stream = api.watch(&params, "0").await.expect("watch starts").boxed();
         while let Some(event) = stream.try_next().await.expect("watch event") {
             match event {
@@ -63,7 +65,9 @@ pub async fn wait_for_pod(api: &Api<Pod>, name: &str, done: impl Fn(&Pod) -> boo
         }
         panic!("watch of pod {name} ended before the expected state");
     };
-    tokio::time::timeout(WAIT, watching).await.unwrap_or_else(|_| panic!("pod {name} did not reach the expected state"))
+    tokio::time::timeout(WAIT, watching)
+        .await
+        .unwrap_or_else(|_| panic!("pod {name} did not reach the expected state"))
 }
 
 /// Waits until the pod `name` is gone from the store.
@@ -76,7 +80,9 @@ pub async fn wait_for_deleted(api: &Api<Pod>, name: &str) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(WAIT, waiting).await.unwrap_or_else(|_| panic!("pod {name} was not deleted"));
+    tokio::time::timeout(WAIT, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("pod {name} was not deleted"));
 }
 
 fn container_state(pod: &Pod, container: &str) -> Option<ContainerState> {
@@ -103,14 +109,25 @@ pub fn is_running(pod: &Pod, container: &str) -> bool {
 }
 
 pub fn phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
 }
 
-pub fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
-    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+pub fn condition<'a>(
+    pod: &'a Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
-/// The `Status` of a failed kube call.
+/// Returns the `Status` of a failed kube call.
 pub fn api_status(error: kube::Error) -> kube::core::Status {
     match error {
         kube::Error::Api(status) => *status,
