@@ -235,8 +235,9 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
     };
     let status = shared.status_with(terminal, true);
     shared.set_status(status.clone());
-    events.status(status);
+    // Done before the host hears of the end, so that a cleanup right after it sees the end.
     let _ = done_sender.send(true);
+    events.status(status);
 }
 
 fn deleted_outside(shared: &Shared) -> ExecutionState {
