@@ -322,3 +322,25 @@ fn check_template_patch(settings: &Settings) -> Result<(), PluginError> {
 }
 
 tower_plugin_api::export_plugin!(name: "kubernetes", backend: KubernetesBackend);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(patch: serde_json::Value) -> Settings {
+        tower_plugin_api::sdk::parse_settings(&serde_json::json!({ "pod_template_patch": patch }).to_string()).unwrap()
+    }
+
+    #[test]
+    fn valid_template_patch_is_accepted() {
+        let patch = serde_json::json!({"spec": {"securityContext": {"runAsNonRoot": true}, "containers": [{"name": "app", "env": [{"name": "X", "value": "1"}]}]}});
+        assert!(check_template_patch(&settings(patch)).is_ok());
+    }
+
+    #[test]
+    fn invalid_template_patch_fails_naming_setting() {
+        let error = check_template_patch(&settings(serde_json::json!({"spec": {"containers": "not a list"}}))).unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::InvalidConfig));
+        assert!(error.message.contains("pod_template_patch"), "{error}");
+    }
+}
