@@ -8,6 +8,7 @@
 //! comes after the last log line.
 
 mod api;
+mod download;
 mod execution;
 mod logs;
 mod naming;
@@ -27,7 +28,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use pod_spec::{ObjectNames, PackageInfo};
+use pod_spec::{Delivery, ObjectNames, PackageInfo};
 use pod_view::PodView;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -103,12 +104,13 @@ impl Backend for KubernetesBackend {
         events.status(ExecutionStatus::new(ExecutionState::preparing(SetupPhaseKind::StagingPackage)).started(Some(started_at)));
 
         // The Secret first, so the pod never starts without it.
-        if !spec.secrets.is_empty() {
-            self.create_secret(&spec, &names).await?;
+        let with_secret = pod_spec::needs_secret(&spec, &package);
+        if with_secret {
+            self.create_secret(&spec, &names, &package).await?;
         }
         let pod = pod_spec::pod(&self.settings, &spec, &names, &package).map_err(PluginError::invalid_config)?;
         let uid = self.create_pod(&pod, &spec.run_id).await?;
-        if !spec.secrets.is_empty() {
+        if with_secret {
             self.own_by_pod(&names, &uid).await?;
         }
         if let Some(service) = pod_spec::service(&self.settings, &spec, &names) {
@@ -116,7 +118,8 @@ impl Backend for KubernetesBackend {
         }
 
         let python = !package.manifest.is_bash();
-        Ok(self.start_driver(spec.run_id.to_string(), names, spec.network.port.into_option(), started_at, events, Some(archive), python))
+        let archive = (package.delivery == Delivery::Attach).then_some(archive);
+        Ok(self.start_driver(spec.run_id.to_string(), names, spec.network.port.into_option(), started_at, events, archive, python))
     }
 
     async fn recover(&self, run_id: String, events: EventSink) -> Result<KubernetesExecution, PluginError> {
@@ -176,9 +179,9 @@ impl KubernetesBackend {
         KubernetesExecution { shared }
     }
 
-    async fn create_secret(&self, spec: &ExecutionSpec, names: &ObjectNames) -> Result<(), PluginError> {
+    async fn create_secret(&self, spec: &ExecutionSpec, names: &ObjectNames, package: &PackageInfo) -> Result<(), PluginError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let secret = pod_spec::secret(&self.settings, spec, names);
+        let secret = pod_spec::secret(&self.settings, spec, names, package);
         let post = PostParams::default();
         match with_retries("create the secret", || secrets.create(&post, &secret)).await {
             Ok(_) => Ok(()),
@@ -270,22 +273,24 @@ async fn load_config(settings: &Settings) -> Result<Config, PluginError> {
 }
 
 /// Checks the package locally before anything is created: its sha256, a safe unpack and its
-/// MANIFEST. Returns the archive (kept until it is sent) and what the pod needs to know.
+/// MANIFEST. A URL package is downloaded for the check, and the pod downloads it again. Returns the
+/// archive (kept until it is sent) and what the pod needs to know.
 async fn stage(spec: &ExecutionSpec) -> Result<((tempfile::TempPath, std::path::PathBuf), PackageInfo), PluginError> {
-    let (path, sha256) = match spec.package.as_enum() {
-        Ok(PackageSource::File { path, sha256 }) => (std::path::PathBuf::from(path.as_str()), sha256.to_string()),
-        Ok(PackageSource::Url { url, .. }) => {
-            // TODO: fetch URL packages inside the pod; until then only staged files are supported.
-            return Err(PluginError::unsupported(format!("package URL `{url}`: the kubernetes backend takes only staged package files for now")));
+    let (path, sha256, delivery, _download) = match spec.package.as_enum() {
+        Ok(PackageSource::File { path, sha256 }) => (std::path::PathBuf::from(path.as_str()), sha256.to_string(), Delivery::Attach, None),
+        Ok(PackageSource::Url { url, sha256 }) => {
+            let download = download::fetch(url.as_str()).await?;
+            let path = download.to_path_buf();
+            (path, sha256.to_string(), Delivery::Url(url.to_string()), Some(download))
         }
         _ => return Err(PluginError::unsupported("a package source of a newer plugin API")),
     };
-    tokio::task::spawn_blocking(move || stage_blocking(&path, &sha256))
+    tokio::task::spawn_blocking(move || stage_blocking(&path, &sha256, delivery))
         .await
         .map_err(|error| PluginError::internal(format!("package check failed: {error}")))?
 }
 
-fn stage_blocking(path: &Path, sha256: &str) -> Result<((tempfile::TempPath, std::path::PathBuf), PackageInfo), PluginError> {
+fn stage_blocking(path: &Path, sha256: &str, delivery: Delivery) -> Result<((tempfile::TempPath, std::path::PathBuf), PackageInfo), PluginError> {
     let invalid = |error: tower_package::PackageError| match error.kind() {
         tower_package::ErrorKind::InvalidPackage => PluginError::invalid_package(error.to_string()),
         _ => PluginError::new(ErrorKind::NotFound, error.to_string()),
@@ -299,6 +304,7 @@ fn stage_blocking(path: &Path, sha256: &str) -> Result<((tempfile::TempPath, std
     let package = tower_package::Package::open(unpacked.path()).map_err(invalid)?;
     let workdir = package.working_dir();
     let info = PackageInfo {
+        delivery,
         size: std::fs::metadata(copy.path()).map_err(|error| PluginError::internal(error.to_string()))?.len(),
         sha256: sha256.to_ascii_lowercase(),
         has_pyproject: workdir.join("pyproject.toml").is_file(),
@@ -317,7 +323,7 @@ fn check_template_patch(settings: &Settings) -> Result<(), PluginError> {
     let names = ObjectNames::new(settings, &spec);
     let manifest: tower_package::Manifest = serde_json::from_value(serde_json::json!({"version": 3, "invoke": "main.py", "app_dir_name": "app", "modules_dir_name": "modules"}))
         .map_err(|error| PluginError::internal(error.to_string()))?;
-    let package = PackageInfo { size: 0, sha256: "0".repeat(64), manifest, has_pyproject: false, has_requirements: false };
+    let package = PackageInfo { delivery: Delivery::Attach, size: 0, sha256: "0".repeat(64), manifest, has_pyproject: false, has_requirements: false };
     pod_spec::pod(settings, &spec, &names, &package).map(|_| ()).map_err(|error| PluginError::invalid_config(format!("invalid setting `pod_template_patch`: {error}")))
 }
 

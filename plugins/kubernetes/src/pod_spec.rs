@@ -21,9 +21,20 @@ pub const MOUNT: &str = "/tower";
 /// Where the package is unpacked.
 const PACKAGE_DIR: &str = "/tower/package";
 
+/// How the package reaches the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The plugin streams it into the `unpack` container's stdin over an attach stream.
+    Attach,
+    /// The `unpack` container downloads it from this URL.
+    Url(String),
+}
+
 /// What the pod needs to know about the package, read from it before the pod is created.
 #[derive(Debug, Clone)]
 pub struct PackageInfo {
+    /// How the package reaches the pod.
+    pub delivery: Delivery,
     /// Size of the archive in bytes.
     pub size: u64,
     /// Lowercase hex sha256 of the archive.
@@ -70,10 +81,21 @@ pub fn labels(settings: &Settings, names: &ObjectNames) -> BTreeMap<String, Stri
     labels
 }
 
-/// Builds the Secret that holds the spec's secrets; keys are `secret-<index>`, because env var
-/// names may contain characters that Secret keys do not allow.
-pub fn secret(settings: &Settings, spec: &ExecutionSpec, names: &ObjectNames) -> Secret {
+/// Key of the package URL in the execution's Secret.
+const PACKAGE_URL_KEY: &str = "package-url";
+
+/// Tells whether the execution needs a Secret: it has secrets, or its package URL goes there.
+pub fn needs_secret(spec: &ExecutionSpec, package: &PackageInfo) -> bool {
+    !spec.secrets.is_empty() || matches!(package.delivery, Delivery::Url(_))
+}
+
+/// Builds the Secret that holds the spec's secrets and the package URL; secret keys are
+/// `secret-<index>`, because env var names may contain characters that Secret keys do not allow.
+pub fn secret(settings: &Settings, spec: &ExecutionSpec, names: &ObjectNames, package: &PackageInfo) -> Secret {
     let mut data = Map::new();
+    if let Delivery::Url(url) = &package.delivery {
+        data.insert(PACKAGE_URL_KEY.to_string(), Value::String(url.clone()));
+    }
     for (index, secret) in spec.secrets.iter().enumerate() {
         data.insert(format!("secret-{index}"), Value::String(secret.value.expose().to_string()));
     }
@@ -98,14 +120,19 @@ pub fn pod(settings: &Settings, spec: &ExecutionSpec, names: &ObjectNames, packa
     annotations.insert(APP_NAME_ANNOTATION.to_string(), spec.app_name.to_string());
 
     let mount = json!([{ "name": "tower", "mountPath": MOUNT }]);
-    let mut init_containers = vec![json!({
+    let attach = package.delivery == Delivery::Attach;
+    let mut unpack = json!({
         "name": UNPACK_CONTAINER,
         "image": settings.image,
         "command": ["sh", "-c", unpack_script(package)],
-        "stdin": true,
-        "stdinOnce": true,
+        "stdin": attach,
+        "stdinOnce": attach,
         "volumeMounts": mount,
-    })];
+    });
+    if !attach {
+        unpack["env"] = json!([{ "name": "PACKAGE_URL", "valueFrom": { "secretKeyRef": { "name": names.secret, "key": PACKAGE_URL_KEY } } }]);
+    }
+    let mut init_containers = vec![unpack];
     if python {
         init_containers.push(json!({
             "name": SETUP_CONTAINER,
@@ -182,13 +209,21 @@ pub fn service(settings: &Settings, spec: &ExecutionSpec, names: &ObjectNames) -
     Some(serde_json::from_value(value).expect("a Service built from valid fields is valid"))
 }
 
-/// The unpack script: reads exactly `size` bytes, so it ends without waiting for stdin to close,
-/// then checks the size and the sha256 before unpacking.
+/// The unpack script: reads exactly `size` bytes from stdin, so it ends without waiting for stdin
+/// to close (or downloads the URL with Python's standard library), then checks the size and the
+/// sha256 before unpacking.
 fn unpack_script(package: &PackageInfo) -> String {
     let archive = format!("{MOUNT}/package.tar.gz");
+    let receive = match &package.delivery {
+        Delivery::Attach => format!("head -c {} > {archive}", package.size),
+        // The URL comes from the Secret, because signed URLs carry credentials.
+        Delivery::Url(_) => format!(
+            "python3 -c 'import os, sys, urllib.request; urllib.request.urlretrieve(os.environ[\"PACKAGE_URL\"], sys.argv[1])' {archive}\necho 'downloaded the package'"
+        ),
+    };
     format!(
         r#"set -eu
-head -c {size} > {archive}
+{receive}
 received=$(wc -c < {archive})
 if [ "$received" -ne {size} ]; then
   echo "the package did not arrive whole: received $received of {size} bytes" >&2

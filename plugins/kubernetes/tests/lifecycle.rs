@@ -147,3 +147,58 @@ async fn retried_create_adopts_its_own_pod() {
     assert_eq!(status.state(), Some(&ExecutionState::Exited), "{status:?}");
     adopted.cleanup().await.unwrap();
 }
+
+/// Serves `body` to every GET on 127.0.0.1 until the test ends; returns the URL.
+fn serve_file(body: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/package.tar.gz?signature=do-not-leak", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
+                line.clear();
+            }
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn url_package_is_downloaded_in_pod_and_url_kept_out_of_spec() {
+    let emulator = Emulator::start();
+    let backend = backend(&emulator).await;
+    let (dir, file_spec) = spec("url-1", "echo from url\n");
+    let archive = dir.path().join("package.tar.gz");
+    let url = serve_file(std::fs::read(&archive).unwrap());
+    let sha256 = tower_package::sha256_file(&archive).unwrap();
+    let mut spec = ExecutionSpec::new("url-1", PackageSource::url(url, sha256));
+    spec.limits = file_spec.limits;
+
+    let recorder = Recorder::default();
+    let execution = backend.create(spec, recorder.sink()).await.unwrap();
+    let status = recorder.terminal().await;
+    assert_eq!(status.state(), Some(&ExecutionState::Exited), "{status:?} {:?}", recorder.lines());
+    assert!(recorder.lines().contains(&"from url".to_string()), "{:?}", recorder.lines());
+    assert!(recorder.lines().contains(&"downloaded the package".to_string()), "{:?}", recorder.lines());
+    let pod = serde_json::to_string(&emulator.pods()).unwrap();
+    assert!(!pod.contains("do-not-leak"), "the signed URL is in the pod spec: {pod}");
+    execution.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn url_package_with_wrong_sha256_is_rejected() {
+    let emulator = Emulator::start();
+    let backend = backend(&emulator).await;
+    let (dir, _) = spec("url-2", "echo never\n");
+    let url = serve_file(std::fs::read(dir.path().join("package.tar.gz")).unwrap());
+    let spec = ExecutionSpec::new("url-2", PackageSource::url(url, "0".repeat(64)));
+    let error = backend.create(spec, Recorder::default().sink()).await.err().expect("an error");
+    assert_eq!(error.kind(), Some(tower_plugin_api::ErrorKind::InvalidPackage), "{error}");
+    assert!(!error.message.contains("do-not-leak"), "{error}");
+    assert!(emulator.pods().is_empty());
+}
