@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Longest wait for any read from the server, so that a hung server fails the test.
+/// Maximum wait for any read from the server, so that a hung server fails the test.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the server listens.
@@ -35,6 +35,9 @@ impl Endpoint {
 
 trait Connection: Read + Write + Send {}
 impl<T: Read + Write + Send> Connection for T {}
+
+/// The status, the headers, and the connection positioned at the body.
+type ResponseHead = (u16, Vec<(String, String)>, BufReader<Box<dyn Connection>>);
 
 /// A client of one endpoint, with an optional bearer token.
 #[derive(Debug, Clone)]
@@ -106,7 +109,7 @@ impl Client {
 
     /// Sends a request and returns the connection positioned at the body, with the status and
     /// headers.
-    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, BufReader<Box<dyn Connection>>)> {
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<ResponseHead> {
         let mut connection = self.connect()?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: tower-host\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         if let Some(token) = &self.token {
@@ -117,7 +120,8 @@ impl Client {
         }
         head.push_str("\r\n");
         connection.write_all(head.as_bytes())?;
-        // The server may answer (and close) before reading a large body; its answer still counts.
+        // The server may send its response (and close) before reading a large body. The response
+        // still counts.
         let _ = connection.write_all(body);
         let _ = connection.flush();
 
@@ -269,8 +273,8 @@ impl<R: BufRead> Read for ChunkedReader<R> {
             }
             self.left_in_chunk = size;
         }
-        let wanted = buffer.len().min(self.left_in_chunk);
-        let read = self.inner.read(&mut buffer[..wanted])?;
+        let length = buffer.len().min(self.left_in_chunk);
+        let read = self.inner.read(&mut buffer[..length])?;
         if read == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the connection ended inside a chunk"));
         }

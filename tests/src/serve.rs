@@ -8,7 +8,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Longest wait for the host's ready line.
+/// Maximum wait for the host's ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between two polls of an execution's state.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -94,7 +94,7 @@ pub struct ServeHost {
 }
 
 impl ServeHost {
-    /// The process id.
+    /// Returns the process id.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }

@@ -268,7 +268,8 @@ fn invalid_spec_is_400_naming_the_field() {
         change(&mut spec);
         host.client.create_upload(&spec, &package.bytes)
     };
-    let cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 6] = [
+    type SpecChange = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: [(&str, SpecChange); 6] = [
         ("limits.timeout_seconds", Box::new(|spec| spec["limits"] = serde_json::json!({ "timeout_seconds": "soon" }))),
         ("limitz", Box::new(|spec| spec["limitz"] = serde_json::json!({}))),
         ("parameters[0].value", Box::new(|spec| spec["parameters"] = serde_json::json!([{ "key": "a", "value": 3 }]))),

@@ -97,12 +97,12 @@ fn sleepy_bash_package() -> TestPackage {
     let towerfile = "[app]\nname = \"sleepy-bash\"\nscript = \"./run.sh\"\n\n[[parameters]]\nname = \"SLEEP_SECONDS\"\ndefault = \"10\"\n";
     std::fs::write(app.path().join("Towerfile"), towerfile).expect("write Towerfile");
     std::fs::write(app.path().join("run.sh"), "#!/usr/bin/env bash\necho \"start\"\nsleep \"$SLEEP_SECONDS\"\necho \"done\"\n").expect("write run.sh");
-    let archive = app.path().join("package.tar.gz");
+    // The archive goes outside the app folder, so that packing does not include it.
     let out = tempfile::tempdir().expect("package folder");
-    let archive_path = out.path().join(archive.file_name().unwrap());
-    tower_package::pack_dir(app.path(), &archive_path).expect("pack the app");
-    let sha256 = tower_package::sha256_file(&archive_path).expect("hash the package");
-    TestPackage { bytes: std::fs::read(&archive_path).expect("read the package"), sha256 }
+    let archive = out.path().join("package.tar.gz");
+    tower_package::pack_dir(app.path(), &archive).expect("pack the app");
+    let sha256 = tower_package::sha256_file(&archive).expect("hash the package");
+    TestPackage { bytes: std::fs::read(&archive).expect("read the package"), sha256 }
 }
 
 /// Runs 500 bash apps at once through the subprocess plugin and prints the host's peak RSS,

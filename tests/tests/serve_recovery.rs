@@ -155,9 +155,9 @@ fn wait_policy_waits_and_rejects_new_creates() {
     host.wait_for("waited-for", FINISH_TIMEOUT, |execution| execution["status"]["state"] == "running");
     host.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
-    let refused = host.client.create_upload(&tower_host_tests::serve::upload_spec("late", &package, &[]), &package.bytes);
-    assert_eq!(refused.status, 503, "{}", refused.text());
-    assert_eq!(refused.error_code(), "shutting_down");
+    let rejected = host.client.create_upload(&tower_host_tests::serve::upload_spec("late", &package, &[]), &package.bytes);
+    assert_eq!(rejected.status, 503, "{}", rejected.text());
+    assert_eq!(rejected.error_code(), "shutting_down");
     assert_eq!(host.client.get("/v1/health").status, 503);
     assert_eq!(host.wait(EXIT_TIMEOUT).expect("the host exits").code(), Some(0));
 

@@ -13,7 +13,7 @@ pub struct Capacity {
 
 struct State {
     max: usize,
-    taken: usize,
+    in_use: usize,
     next_waiter: u64,
     waiters: VecDeque<(u64, oneshot::Sender<()>)>,
 }
@@ -26,18 +26,18 @@ pub struct Slot {
 impl Capacity {
     /// Creates a capacity of `max` slots.
     pub fn new(max: usize) -> Self {
-        Self { inner: Arc::new(Mutex::new(State { max, taken: 0, next_waiter: 0, waiters: VecDeque::new() })) }
+        Self { inner: Arc::new(Mutex::new(State { max, in_use: 0, next_waiter: 0, waiters: VecDeque::new() })) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.inner)
     }
 
-    /// Takes a slot when one is free and nobody waits.
+    /// Takes a slot when one is free and no waiter is queued.
     pub fn try_acquire(&self) -> Option<Slot> {
         let mut state = self.lock();
-        if state.taken < state.max && state.waiters.is_empty() {
-            state.taken += 1;
+        if state.in_use < state.max && state.waiters.is_empty() {
+            state.in_use += 1;
             return Some(Slot { inner: Arc::clone(&self.inner) });
         }
         None
@@ -46,7 +46,7 @@ impl Capacity {
     /// Takes a slot even beyond the cap; for executions that already run on the backend, such
     /// as the ones a restarted host reattaches to.
     pub fn force_acquire(&self) -> Slot {
-        self.lock().taken += 1;
+        self.lock().in_use += 1;
         Slot { inner: Arc::clone(&self.inner) }
     }
 
@@ -55,8 +55,8 @@ impl Capacity {
     pub async fn acquire(&self) -> Slot {
         let receiver = {
             let mut state = self.lock();
-            if state.taken < state.max && state.waiters.is_empty() {
-                state.taken += 1;
+            if state.in_use < state.max && state.waiters.is_empty() {
+                state.in_use += 1;
                 return Slot { inner: Arc::clone(&self.inner) };
             }
             let id = state.next_waiter;
@@ -77,9 +77,9 @@ impl Capacity {
         self.lock().waiters.len()
     }
 
-    /// Returns the number of taken slots.
-    pub fn taken(&self) -> usize {
-        self.lock().taken
+    /// Returns the number of slots in use.
+    pub fn in_use(&self) -> usize {
+        self.lock().in_use
     }
 }
 
@@ -91,8 +91,8 @@ fn lock(inner: &Mutex<State>) -> MutexGuard<'_, State> {
 /// Hands a freed place to the oldest waiter still waiting, or returns it. A place above the cap
 /// (taken by [`Capacity::force_acquire`]) is returned.
 fn release(state: &mut State) {
-    if state.taken > state.max {
-        state.taken -= 1;
+    if state.in_use > state.max {
+        state.in_use -= 1;
         return;
     }
     while let Some((_, sender)) = state.waiters.pop_front() {
@@ -100,7 +100,7 @@ fn release(state: &mut State) {
             return;
         }
     }
-    state.taken -= 1;
+    state.in_use -= 1;
 }
 
 impl Drop for Slot {
@@ -161,7 +161,7 @@ mod tests {
         }
         assert_eq!(order, [0, 1, 2]);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(capacity.taken(), 0);
+        assert_eq!(capacity.in_use(), 0);
     }
 
     #[tokio::test]
@@ -172,7 +172,7 @@ mod tests {
         assert!(wait.is_err());
         assert_eq!(capacity.queued(), 0);
         drop(slot);
-        assert_eq!(capacity.taken(), 0);
+        assert_eq!(capacity.in_use(), 0);
         assert!(capacity.try_acquire().is_some());
     }
 
@@ -181,10 +181,10 @@ mod tests {
         let capacity = Capacity::new(1);
         let first = capacity.force_acquire();
         let second = capacity.force_acquire();
-        assert_eq!(capacity.taken(), 2);
+        assert_eq!(capacity.in_use(), 2);
         assert!(capacity.try_acquire().is_none());
         drop(first);
         drop(second);
-        assert_eq!(capacity.taken(), 0);
+        assert_eq!(capacity.in_use(), 0);
     }
 }

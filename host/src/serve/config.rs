@@ -52,14 +52,14 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Maximum number of executions handed to the backend and not yet ended.
     pub max_running: u32,
-    /// What a create does when `max_running` executions run: wait in a queue, or fail with 429.
+    /// Create behaviour at the `max_running` cap: wait in a queue, or fail with 429.
     pub when_full: WhenFull,
     /// Maximum number of queued executions; a create beyond it fails with 429.
     pub max_queued: u32,
     /// How long finished executions and their logs are kept.
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
-    /// What happens to running executions on SIGTERM or SIGINT.
+    /// Shutdown policy for running executions on SIGTERM or SIGINT.
     pub shutdown: ShutdownPolicy,
     /// Grace period when the shutdown policy terminates executions.
     #[serde(deserialize_with = "duration")]
@@ -91,7 +91,7 @@ impl Default for ServeConfig {
     }
 }
 
-/// What a create does while `max_running` executions run.
+/// Create behaviour at the `max_running` cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
@@ -101,7 +101,7 @@ pub enum WhenFull {
     Reject,
 }
 
-/// What happens to running executions when the host receives SIGTERM or SIGINT.
+/// Shutdown policy for running executions when the host receives SIGTERM or SIGINT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShutdownPolicy {
@@ -114,7 +114,7 @@ pub enum ShutdownPolicy {
 }
 
 impl ShutdownPolicy {
-    /// The name used in the config.
+    /// Returns the name used in the config.
     pub fn as_str(self) -> &'static str {
         match self {
             ShutdownPolicy::Wait => "wait",

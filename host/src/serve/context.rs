@@ -1,4 +1,4 @@
-//! What every part of the server shares.
+//! The state that every part of the server shares.
 
 use super::capacity::Capacity;
 use super::config::ServeConfig;
@@ -49,17 +49,17 @@ impl ServeContext {
         }
     }
 
-    /// The folder of the execution folders.
+    /// Returns the folder of the execution folders.
     pub fn executions_dir(&self) -> PathBuf {
         self.state_dir.join(EXECUTIONS_DIR)
     }
 
-    /// The folder of uploads in progress.
+    /// Returns the folder of uploads in progress.
     pub fn uploads_dir(&self) -> PathBuf {
         self.state_dir.join(UPLOADS_DIR)
     }
 
-    /// The folder of one execution.
+    /// Returns the folder of one execution.
     pub fn execution_dir(&self, id: &str) -> PathBuf {
         self.executions_dir().join(Path::new(id))
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tower_plugin_api::{ExecutionSpec, ExecutionState, ExecutionStatus, PackageSource, SetupPhaseKind, Timestamp};
 
-/// Longest wait for the next piece of an upload before the request fails.
+/// Maximum wait for the next piece of an upload before the request fails.
 const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room for multipart boundaries and part headers in the body limit of an upload.
 const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;

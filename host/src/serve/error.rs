@@ -16,7 +16,7 @@ pub enum ApiError {
     InvalidSpec {
         /// Path of the field; empty for the whole document.
         field: String,
-        /// What is wrong.
+        /// The problem.
         message: String,
     },
     /// The uploaded package does not match its sha256.
@@ -71,7 +71,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status.
+    /// Returns the HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) | ApiError::InvalidSpec { .. } | ApiError::InvalidPackage(_) => StatusCode::BAD_REQUEST,
@@ -89,7 +89,7 @@ impl ApiError {
         }
     }
 
-    /// The machine-readable code.
+    /// Returns the machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",

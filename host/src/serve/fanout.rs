@@ -1,5 +1,5 @@
 //! Log and event streams: each consumer reads the journal file on its own from its cursor and is
-//! woken when records are committed, so a slow consumer holds one read buffer and never slows the
+//! woken when records are committed. So a slow consumer uses one read buffer and never slows the
 //! execution or other consumers.
 
 use super::context::ServeContext;

@@ -47,7 +47,7 @@ pub enum JournalError {
     /// A file operation failed.
     #[error("failed to {action} {path}: {source}")]
     Io {
-        /// What was done (`append to`, `read`).
+        /// The operation (`append to`, `read`).
         action: &'static str,
         /// The file.
         path: PathBuf,
@@ -59,7 +59,7 @@ pub enum JournalError {
     Corrupt {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
+        /// The problem.
         message: String,
     },
     /// A blocking task of the journal panicked or was cancelled.
@@ -71,7 +71,7 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Er
     move |source| JournalError::Io { action, path: path.to_path_buf(), source }
 }
 
-/// Where an execution's package came from.
+/// Origin of an execution's package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PackageOrigin {
@@ -179,7 +179,7 @@ impl Numbered for EventRecord {
     }
 }
 
-/// What readers of a [`RecordLog`] may read.
+/// The part of a [`RecordLog`] that readers may read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Committed {
     /// Number of records written.
@@ -240,7 +240,7 @@ impl RecordLog {
         &self.path
     }
 
-    /// What readers may read now.
+    /// Returns the part that readers may read now.
     pub fn committed(&self) -> Committed {
         *self.committed.borrow()
     }
@@ -350,7 +350,7 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    /// The log this writer appends to.
+    /// Returns the log this writer appends to.
     pub fn log(&self) -> &Arc<RecordLog> {
         &self.log
     }
@@ -553,7 +553,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn appended_records_are_numbered_and_readable_from_any_seq() {
+    async fn records_readable_from_any_seq() {
         let dir = tempfile::tempdir().unwrap();
         let log = RecordLog::create(dir.path().join(LOGS_FILE)).unwrap();
         let mut writer = log.writer().unwrap();

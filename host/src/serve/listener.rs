@@ -1,8 +1,8 @@
 //! The listening socket and the HTTP/1.1 connections on it.
 //!
 //! The Unix socket is bound inside a fresh private folder, made mode 0600 and then renamed into
-//! place, so it is never reachable with wider permissions. A stale socket file (nobody accepts
-//! on it) is removed at start; a live one is left alone and the start fails.
+//! place, so it is never reachable with wider permissions. A stale socket file (no process
+//! accepts on it) is removed at start. A live one is left alone, and the start fails.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,11 +22,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 const SOCKET_PATH_MAX: usize = 107;
 /// Mode of the socket file: read and write for the owner only.
 const SOCKET_MODE: u32 = 0o600;
-/// Longest time a client may take to send a request's line and headers.
+/// Maximum time a client may take to send a request's line and headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most headers one request may have.
 const MAX_HEADERS: usize = 100;
-/// Longest wait for open connections to finish their responses at shutdown.
+/// Maximum wait for open connections to finish their responses at shutdown.
 pub const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (such as too many open files), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -48,7 +48,7 @@ pub enum ListenError {
         /// The socket.
         path: PathBuf,
     },
-    /// The socket path holds something else.
+    /// The socket path exists and is not a socket.
     #[error("{path} exists and is not a socket; remove it or set another `serve.socket`")]
     NotASocket {
         /// The path.
@@ -57,7 +57,7 @@ pub enum ListenError {
     /// A file operation failed.
     #[error("failed to {action} {path}: {source}")]
     Io {
-        /// What was done.
+        /// The operation.
         action: &'static str,
         /// The file.
         path: PathBuf,
@@ -130,7 +130,7 @@ pub fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
     let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_error("create the socket's folder", parent))?;
 
-    // tempfile creates the folder with mode 0700, so nobody else can reach the socket inside it.
+    // tempfile creates the folder with mode 0700, so no other user can reach the socket inside it.
     let private = tempfile::Builder::new().prefix(".").rand_bytes(6).tempdir_in(parent).map_err(io_error("create a private folder in", parent))?;
     let staged = private.path().join("s");
     let staged_length = staged.as_os_str().as_bytes().len();

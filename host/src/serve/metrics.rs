@@ -88,6 +88,7 @@ impl Metrics {
             rejected_creates: Family::default(),
             registry: Registry::default(),
         };
+
         registry.register("executions", "Executions known to the host, by current state", metrics.executions.clone());
         registry.register("executions_finished", "Executions that reached a terminal state, by state", metrics.finished.clone());
         registry.register(
@@ -100,14 +101,17 @@ impl Metrics {
             "Time the backend's create call took",
             metrics.backend_create_seconds.clone(),
         );
+
         registry.register("log_records", "Log records journalled", metrics.log_records.clone());
         registry.register("log_bytes", "Bytes of log lines journalled, without newlines", metrics.log_bytes.clone());
         registry.register("log_records_truncated", "Log records flagged as truncated by the backend", metrics.truncated_records.clone());
         registry.register("log_records_split", "Log records flagged as split from a longer line", metrics.split_records.clone());
+
         registry.register("executions_active", "Executions handed to the backend and not yet ended", metrics.active.clone());
         registry.register("executions_queued", "Executions waiting for a slot", metrics.queued.clone());
         registry.register("recoveries", "Reattach attempts after a restart, by result", metrics.recoveries.clone());
         registry.register("creates_rejected", "Create requests rejected for capacity or shutdown, by reason", metrics.rejected_creates.clone());
+
         // Series that exist from the start read as 0 instead of missing.
         for result in RECOVERY_RESULTS {
             drop(metrics.recoveries.get_or_create(&ResultLabel { result: result.to_string() }));

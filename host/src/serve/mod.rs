@@ -1,5 +1,5 @@
 //! `tower-host serve`: the runner-facing HTTP API. The runner starts it once and hands it
-//! executions for as long as it lives; it journals their logs and status on disk and streams them
+//! executions for as long as it lives. It journals their logs and status on disk and streams them
 //! to any number of consumers.
 //!
 //! Modules: [`config`] (`[serve]`), [`listener`] and [`auth`] (sockets, HTTP/1.1, bearer
@@ -174,8 +174,8 @@ fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ServeError> {
     Ok(file)
 }
 
-/// Raises the soft limit of open files to the hard limit: each execution holds journal files and
-/// each consumer a connection and a file.
+/// Raises the soft limit of open files to the hard limit, because each execution keeps journal
+/// files open and each consumer a connection and a file.
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit read and write only the struct passed to them.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_plugin_api::{ExecutionState, ExecutionStatus, SetupPhaseKind, Timestamp};
 
-/// What the journal held at startup.
+/// Summary of the journal at startup.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoadReport {
     /// Finished executions, kept for their retention.
@@ -130,7 +130,7 @@ fn read_one(dir: &Path) -> Result<LoadedExecution, JournalError> {
     let mut stored = journal::read_state(dir)?;
     let folder_name = dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     if stored.id != folder_name {
-        return Err(JournalError::Corrupt { path: dir.to_path_buf(), message: format!("it holds execution `{}`", stored.id) });
+        return Err(JournalError::Corrupt { path: dir.to_path_buf(), message: format!("its state names execution `{}`, not the folder's name", stored.id) });
     }
     let events = RecordLog::open_scan(dir.join(EVENTS_FILE))?;
     let records: Vec<EventRecord> = events.read_all()?;

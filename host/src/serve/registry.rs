@@ -1,4 +1,4 @@
-//! The executions the server knows: their journal files, current status and backend handle.
+//! The executions of the server: their journal files, current status and backend handle.
 
 use super::journal::{self, JournalError, PackageInfo, Phase, RecordLog, StoredExecution};
 use crate::plugin::Execution;
@@ -48,7 +48,7 @@ pub struct Entry {
 /// The changing part of an entry.
 #[derive(Debug, Clone)]
 pub struct EntryState {
-    /// What `state.json` holds.
+    /// Content of `state.json`.
     pub stored: StoredExecution,
     /// The latest status.
     pub status: ExecutionStatus,
@@ -228,7 +228,7 @@ pub struct ReservedId {
 }
 
 impl ReservedId {
-    /// The reserved id.
+    /// Returns the reserved id.
     pub fn id(&self) -> &str {
         &self.id
     }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_plugin_api::Timestamp;
 
-/// Longest time between two retention sweeps.
+/// Maximum time between two retention sweeps.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// Shortest time between two retention sweeps.
+/// Minimum time between two retention sweeps.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Why an execution was not removed.
+/// Reason an execution was not removed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveError {
     /// It has not ended.
@@ -28,7 +28,7 @@ pub enum RemoveError {
     Journal(JournalError),
 }
 
-/// Cleans a finished execution up on the backend (when this host process holds its handle and
+/// Cleans a finished execution up on the backend (when this host process has its handle and
 /// has not cleaned it up yet), then forgets it and removes its folder. Open streams keep
 /// reading the removed files until they end.
 pub async fn remove(ctx: &ServeContext, entry: &Arc<Entry>) -> Result<(), RemoveError> {
@@ -42,8 +42,8 @@ pub async fn remove(ctx: &ServeContext, entry: &Arc<Entry>) -> Result<(), Remove
                 entry.update(|state| state.stored.cleaned_up = true);
             }
             None => {
-                // NOTE: the handle of an execution that ended in an earlier host process is gone;
-                // the backend's own resources for it are left to the backend.
+                // NOTE: the handle of an execution that ended in an earlier host process is gone.
+                // So the backend's own resources for it are left to the backend.
                 tracing::debug!(parent: &entry.span, "no backend handle in this host process; skipping the backend's cleanup");
             }
         }

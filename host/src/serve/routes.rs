@@ -10,7 +10,7 @@ use super::openapi;
 use super::registry::{Entry, StopRequest};
 use super::retention::{self, RemoveError};
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -35,12 +35,12 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("get", "/v1/metrics"),
     ("get", "/v1/openapi.json"),
 ];
-/// Longest time the health route waits for the backend's probe.
+/// Maximum time the health route waits for the backend's probe.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default and maximum page size of the execution list.
 const DEFAULT_LIST_LIMIT: usize = 1000;
 const MAX_LIST_LIMIT: usize = 10_000;
-/// Longest grace period a terminate request may ask for: one day.
+/// Maximum grace period of a terminate request: one day.
 const MAX_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 /// State names a list filter accepts, besides `active` and `finished`.
 const STATE_NAMES: [&str; 8] = ["preparing", "running", "exited", "crashed", "cancelled", "timed_out", "failed", "lost"];
@@ -103,8 +103,8 @@ struct ListQuery {
 
 async fn list(State(ctx): State<Arc<ServeContext>>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    let wanted: Option<Vec<String>> = query.state.as_deref().map(|states| states.split(',').map(|state| state.trim().to_string()).collect());
-    if let Some(states) = &wanted {
+    let requested_states: Option<Vec<String>> = query.state.as_deref().map(|states| states.split(',').map(|state| state.trim().to_string()).collect());
+    if let Some(states) = &requested_states {
         if let Some(unknown) = states.iter().find(|state| !STATE_NAMES.contains(&state.as_str()) && *state != "active" && *state != "finished") {
             return Err(ApiError::InvalidRequest(format!(
                 "unknown state `{unknown}` in `state`; use {}, `active` or `finished`",
@@ -112,10 +112,12 @@ async fn list(State(ctx): State<Arc<ServeContext>>, query: Result<Query<ListQuer
             )));
         }
     }
+
     let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
         return Err(ApiError::InvalidRequest(format!("`limit` must be between 1 and {MAX_LIST_LIMIT}, got {limit}")));
     }
+
     let entries = ctx.registry.list();
     let start = match &query.after {
         Some(after) => {
@@ -127,7 +129,7 @@ async fn list(State(ctx): State<Arc<ServeContext>>, query: Result<Query<ListQuer
         None => 0,
     };
     let matches = |entry: &Entry| {
-        let Some(states) = &wanted else { return true };
+        let Some(states) = &requested_states else { return true };
         let status = entry.status();
         states.iter().any(|state| match state.as_str() {
             "active" => !status.is_terminal(),
@@ -135,6 +137,7 @@ async fn list(State(ctx): State<Arc<ServeContext>>, query: Result<Query<ListQuer
             name => status.name() == name,
         })
     };
+
     let mut page = Vec::new();
     let mut next_after = None;
     for entry in &entries[start..] {
@@ -178,8 +181,16 @@ struct TerminateRequest {
     grace_seconds: Option<f64>,
 }
 
-async fn terminate(State(ctx): State<Arc<ServeContext>>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn terminate(
+    State(ctx): State<Arc<ServeContext>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let entry = find(&ctx, &id)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("the terminate request body is too large".to_string()),
+        _ => ApiError::InvalidRequest(format!("failed to read the terminate request: {}", rejection.body_text())),
+    })?;
     let request: TerminateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TerminateRequest::default()
     } else {
@@ -268,7 +279,7 @@ async fn health(State(ctx): State<Arc<ServeContext>>) -> Response {
         "message": message,
         "accepting": accepting,
         "backend": { "healthy": backend_healthy, "message": backend_message },
-        "executions": { "running": ctx.capacity.taken(), "queued": ctx.capacity.queued() },
+        "executions": { "running": ctx.capacity.in_use(), "queued": ctx.capacity.queued() },
     });
     (status, Json(body)).into_response()
 }

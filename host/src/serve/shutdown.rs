@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 const RESEND_INTERVAL: Duration = Duration::from_millis(200);
 /// Time after the shutdown grace at which terminating escalates to killing.
 const KILL_MARGIN: Duration = Duration::from_secs(5);
-/// Longest wait for killed executions to report their ends.
+/// Maximum wait for killed executions to report their ends.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 
 /// SIGTERM and SIGINT.

@@ -1,6 +1,6 @@
-//! One task per execution: waits for a slot, hands the execution to the backend (or reattaches
-//! to it after a restart), journals its events, acts on stop requests and on the timeout, and
-//! publishes the terminal status once its logs are durable.
+//! One task per execution. It waits for a slot and hands the execution to the backend, or
+//! reattaches to it after a restart. Then it journals the execution's events and acts on stop
+//! requests and on the timeout. It publishes the terminal status once the logs are durable.
 
 use super::capacity::Slot;
 use super::context::ServeContext;
@@ -75,6 +75,7 @@ impl Pump {
                 self.journal_failed(&error);
             }
         }
+
         let logs = self.entry.logs.committed();
         let at = Timestamp::now();
         let previous = self.entry.update(|state| {
@@ -90,10 +91,12 @@ impl Pump {
                 tracing::error!(parent: &self.entry.span, %error, "failed to record the end in the execution's state");
             }
         }
+
         self.ctx.metrics.transition(Some(previous), Some(status.name()));
         self.ctx.metrics.finished(status.name());
         self.entry.logs.complete();
         self.entry.events.complete();
+
         if self.entry.state().stored.package.origin == PackageOrigin::Upload {
             let package = self.entry.dir.join(PACKAGE_FILE);
             let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&package)).await;

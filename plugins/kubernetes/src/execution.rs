@@ -97,12 +97,21 @@ impl Shared {
     }
 }
 
+/// The package to send to the pod.
+pub struct Transfer {
+    /// The archive: the temp file that keeps it, and its path.
+    pub archive: (tempfile::TempPath, PathBuf),
+    /// Whether the pod was adopted from an earlier create of the same execution, which may have
+    /// sent the package already; a failed transfer is then left to the pod's status to judge.
+    pub adopted: bool,
+}
+
 /// What the driver task needs besides the shared parts.
 pub struct DriverInputs {
     /// Where the events go.
     pub events: EventSink,
-    /// The archive to send, or `None` when reattaching to a pod that has it already.
-    pub archive: Option<(tempfile::TempPath, PathBuf)>,
+    /// The package to send, or `None` when the pod needs none (a URL package, a recovered pod).
+    pub transfer: Option<Transfer>,
     /// Publishes the pod's changes.
     pub view_sender: watch::Sender<PodView>,
     /// Marks the terminal status as delivered.
@@ -114,7 +123,7 @@ pub struct DriverInputs {
 /// Drives an execution to its terminal status: watches the pod, sends the package, follows the
 /// logs, maps each change to a status, and delivers the terminal status after the last log line.
 pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
-    let DriverInputs { events, archive, view_sender, done_sender, python } = inputs;
+    let DriverInputs { events, transfer, view_sender, done_sender, python } = inputs;
     let created = Instant::now();
     let pending_limit = Duration::from_secs(shared.settings.pending_timeout_seconds);
     let mut view = view_sender.subscribe();
@@ -138,8 +147,9 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
     let mut logs = tokio::spawn(follower.run());
 
     // The package, once the unpack container runs.
-    let mut transfer = match archive {
-        Some((temp, path)) => {
+    let adopted = transfer.as_ref().is_some_and(|transfer| transfer.adopted);
+    let mut transfer = match transfer {
+        Some(Transfer { archive: (temp, path), .. }) => {
             let (pods, pod, view) = (shared.pods.clone(), shared.names.pod.clone(), view.clone());
             tokio::spawn(async move {
                 let result = transfer::send_package(pods, pod, &path, view).await;
@@ -168,7 +178,7 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
                 match result {
                     Ok(Ok(bytes)) => tracing::debug!(execution.id = %shared.run_id, bytes, "package sent"),
                     // A pod that vanished is reported by its watch, as a deletion.
-                    Ok(Err(error)) if shared.stop_request().is_none() && !error.pod_missing => {
+                    Ok(Err(error)) if shared.stop_request().is_none() && !error.pod_missing && !adopted => {
                         let _ = shared.delete_pod(0).await;
                         let message = format!("the package could not be sent to pod `{}`: {}", shared.names.pod, error.message);
                         break ExecutionState::failed(ErrorKind::Unavailable, FailureStageKind::Setup, message, true);

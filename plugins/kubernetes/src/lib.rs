@@ -23,7 +23,7 @@ pub use execution::KubernetesExecution;
 pub use settings::Settings;
 
 use api::{status_code, to_plugin_error, with_retries};
-use execution::{DriverInputs, Shared};
+use execution::{DriverInputs, Shared, Transfer};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -109,7 +109,7 @@ impl Backend for KubernetesBackend {
             self.create_secret(&spec, &names, &package).await?;
         }
         let pod = pod_spec::pod(&self.settings, &spec, &names, &package).map_err(PluginError::invalid_config)?;
-        let uid = self.create_pod(&pod, &spec.run_id).await?;
+        let (uid, adopted) = self.create_pod(&pod, &spec.run_id).await?;
         if with_secret {
             self.own_by_pod(&names, &uid).await?;
         }
@@ -119,7 +119,8 @@ impl Backend for KubernetesBackend {
 
         let python = !package.manifest.is_bash();
         let archive = (package.delivery == Delivery::Attach).then_some(archive);
-        Ok(self.start_driver(spec.run_id.to_string(), names, spec.network.port.into_option(), started_at, events, archive, python))
+        let transfer = archive.map(|archive| Transfer { archive, adopted });
+        Ok(self.start_driver(spec.run_id.to_string(), names, spec.network.port.into_option(), started_at, events, transfer, python))
     }
 
     async fn recover(&self, run_id: String, events: EventSink) -> Result<KubernetesExecution, PluginError> {
@@ -154,7 +155,7 @@ impl KubernetesBackend {
         service_port: Option<u16>,
         started_at: Timestamp,
         events: EventSink,
-        archive: Option<(tempfile::TempPath, std::path::PathBuf)>,
+        transfer: Option<Transfer>,
         python: bool,
     ) -> KubernetesExecution {
         let (view_sender, view) = watch::channel(PodView::default());
@@ -174,7 +175,7 @@ impl KubernetesBackend {
             view,
             done,
         });
-        let inputs = DriverInputs { events, archive, view_sender, done_sender, python };
+        let inputs = DriverInputs { events, transfer, view_sender, done_sender, python };
         tokio::spawn(execution::drive(Arc::clone(&shared), inputs));
         KubernetesExecution { shared }
     }
@@ -198,16 +199,17 @@ impl KubernetesBackend {
         }
     }
 
-    /// Creates the pod and returns its uid. A pod of the same name left by a retried create of the
-    /// same execution is adopted; one of another execution is waited out.
-    async fn create_pod(&self, pod: &Pod, run_id: &str) -> Result<String, PluginError> {
+    /// Creates the pod and returns its uid and whether it was adopted. A pod of the same name left
+    /// by a retried create of the same execution is adopted; one of another execution is waited
+    /// out.
+    async fn create_pod(&self, pod: &Pod, run_id: &str) -> Result<(String, bool), PluginError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = pod.metadata.name.clone().unwrap_or_default();
         let deadline = tokio::time::Instant::now() + OLD_POD_WAIT;
         let post = PostParams::default();
         loop {
             match with_retries("create the pod", || pods.create(&post, pod)).await {
-                Ok(created) => return Ok(created.metadata.uid.unwrap_or_default()),
+                Ok(created) => return Ok((created.metadata.uid.unwrap_or_default(), false)),
                 Err(error) if status_code(&error) == Some(409) => {
                     let existing = with_retries("read the pod", || pods.get_opt(&name))
                         .await
@@ -216,7 +218,7 @@ impl KubernetesBackend {
                     let same_run = existing.metadata.annotations.as_ref().and_then(|notes| notes.get(naming::RUN_ID_ANNOTATION)).map(String::as_str) == Some(run_id);
                     if same_run && existing.metadata.deletion_timestamp.is_none() {
                         tracing::info!(pod = %name, "adopted the pod of a retried create");
-                        return Ok(existing.metadata.uid.unwrap_or_default());
+                        return Ok((existing.metadata.uid.unwrap_or_default(), true));
                     }
                     if tokio::time::Instant::now() >= deadline {
                         return Err(PluginError::unavailable(format!(

@@ -140,6 +140,8 @@ async fn retried_create_adopts_its_own_pod() {
     let (_dir, spec) = spec("retry-1", "sleep 1\necho done\n");
     let first = Recorder::default();
     let _execution = backend.create(spec.clone(), first.sink()).await.unwrap();
+    // The first create delivered the package; the retry must not fail for lack of it.
+    first.wait("the package unpacked", |events| events.0.iter().any(|record| record.line.starts_with("unpacked the package"))).await;
     let second = Recorder::default();
     let adopted = backend.create(spec, second.sink()).await.expect("the retried create adopts the pod");
     assert_eq!(emulator.pods().len(), 1);
