@@ -290,3 +290,36 @@ fn real_cluster_runs_hello_world() {
     assert_eq!(output.code, Some(0), "{output:?}");
     assert!(output.stdout.contains("Hello from tower-host"), "{output:?}");
 }
+
+#[test]
+fn invalid_image_name_fails_platform() {
+    let Some((emulator, config)) = setup("image = \"Not A Valid/Image::Name\"") else { return };
+    let output = run(&config, &example("bash-app"), &[]);
+    assert_eq!(output.code, Some(FAILED), "{output:?}");
+    assert!(output.stderr.contains("InvalidImageName"), "{output:?}");
+    assert!(emulator.pods().is_empty(), "the pod was deleted");
+}
+
+#[test]
+fn missing_secret_reference_fails_with_config_error() {
+    // A template patch that references a Secret nobody created: the kubelet cannot build the
+    // container's environment.
+    let patch = r#"pod_template_patch = { spec = { containers = [{ name = "app", env = [{ name = "FROM_MISSING", valueFrom = { secretKeyRef = { name = "no-such-secret", key = "k" } } }] }] } }"#;
+    let Some((emulator, config)) = setup(patch) else { return };
+    let output = run(&config, &example("bash-app"), &[]);
+    assert_eq!(output.code, Some(FAILED), "{output:?}");
+    assert!(output.stderr.contains("CreateContainerConfigError"), "{output:?}");
+    assert!(output.stderr.contains("no-such-secret"), "{output:?}");
+    assert!(emulator.pods().is_empty(), "the pod was deleted");
+}
+
+#[test]
+fn app_killed_by_sigkill_is_crashed_with_signal() {
+    let Some((_emulator, config)) = setup("") else { return };
+    let output = run(&config, bash_app("echo dying\nkill -9 $$\n").path(), &["--output", "json"]);
+    let status = output.json_events().into_iter().filter(|e| e["event"] == "status").last().unwrap();
+    assert_eq!(status["state"], "crashed", "{output:?}");
+    assert_eq!(status["exit_code"], 137);
+    assert_eq!(status["signal"], 9);
+    assert_eq!(output.code, Some(137), "{output:?}");
+}
