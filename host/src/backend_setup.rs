@@ -35,7 +35,13 @@ pub async fn load_configured_plugin(config: &Config) -> Result<Arc<LoadedPlugin>
 /// Loads the configured plugin and creates its backend from `[backend.settings]`.
 pub async fn create_backend(config: &Config) -> Result<Backend, Failure> {
     let loaded = load_configured_plugin(config).await?;
-    plugin::Backend::new(loaded, config.settings_json())
-        .await
-        .map_err(|error| Failure::host(anyhow::anyhow!("{error} (settings from `[backend.settings]` of {})", config.source)))
+    plugin::Backend::new(loaded, config.settings_json()).await.map_err(|error| {
+        let invalid_settings = error.error.kind() == Some(tower_plugin_api::ErrorKind::InvalidConfig);
+        let error = anyhow::anyhow!("{error} (settings from `[backend.settings]` of {})", config.source);
+        if invalid_settings {
+            Failure::usage(error)
+        } else {
+            Failure::host(error)
+        }
+    })
 }

@@ -30,6 +30,25 @@ pub enum Command {
     /// Validates configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Runs the backend conformance checks against a plugin and prints a line per check.
+    Conformance(ConformanceArgs),
+}
+
+/// Arguments of `conformance`.
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    /// A plugin name, looked up in the search folders, or a plugin file.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub plugin: String,
+
+    /// A TOML file with the plugin's settings table. Default: `[backend.settings]` of the config
+    /// when it selects this plugin, else no settings.
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+
+    /// Runs only this check; repeatable. Default: every check.
+    #[arg(long = "check", value_name = "NAME")]
+    pub checks: Vec<String>,
 }
 
 /// Arguments of `run`.

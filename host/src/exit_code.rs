@@ -13,3 +13,6 @@ pub const TIMED_OUT: u8 = 124;
 pub const FAILED: u8 = 125;
 /// The execution was cancelled on request (Ctrl-C), as a shell reports SIGINT.
 pub const CANCELLED: u8 = 130;
+/// The reader of the app's output went away (a broken pipe), so the host stopped the app, as a
+/// shell reports SIGPIPE.
+pub const OUTPUT_CLOSED: u8 = 141;

@@ -6,6 +6,7 @@
 pub mod backend_setup;
 pub mod cli;
 pub mod commands;
+pub mod conformance;
 pub mod config;
 pub mod exit_code;
 pub mod failure;

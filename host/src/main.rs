@@ -9,10 +9,21 @@ use std::process::ExitCode;
 use tower_host::cli::{Cli, Command, ConfigCommand, PluginsCommand};
 use tower_host::config::{Config, LogFormat};
 use tower_host::failure::{CommandResult, Failure};
-use tower_host::{commands, run, serve};
+use tower_host::{commands, conformance, run, serve};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout with code 0; argument errors get the usage code.
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(tower_host::exit_code::USAGE);
+        }
+    };
     let config = match load_config(&cli) {
         Ok(config) => config,
         Err(failure) => return report(failure),
@@ -39,6 +50,7 @@ async fn dispatch(cli: Cli, config: Config) -> CommandResult {
         Command::Plugins(PluginsCommand::List) => commands::plugins_list(&config).await,
         Command::Plugins(PluginsCommand::Inspect { plugin }) => commands::plugins_inspect(&config, &plugin).await,
         Command::Config(ConfigCommand::Check { .. }) => commands::config_check(&config).await,
+        Command::Conformance(args) => conformance::conformance(cli.config.as_deref(), &args),
     }
 }
 

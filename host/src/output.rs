@@ -4,56 +4,69 @@ use crate::cli::OutputFormat;
 use std::io::Write;
 use tower_plugin_api::{Channel, ExecutionState, ExecutionStatus, LogFlags, LogRecord, Stream};
 
-/// Prints events of one execution. Write errors (a closed pipe) are ignored so that the execution
-/// still runs to its end and is cleaned up.
+/// Prints events of one execution. The first write error (a closed pipe, a full disk) is kept for
+/// the caller, which stops the execution; later output is dropped.
 pub struct Output {
     format: OutputFormat,
     /// Whether the next setup piece starts a new line, so it gets the `[setup]` mark.
     setup_line_start: bool,
+    /// The first error writing the app's output, until [`Output::take_write_error`] takes it.
+    write_error: Option<std::io::Error>,
 }
 
 impl Output {
     /// Creates a printer.
     pub fn new(format: OutputFormat) -> Self {
-        Self { format, setup_line_start: true }
+        Self { format, setup_line_start: true, write_error: None }
     }
 
     /// Prints log records.
+    ///
+    /// A batch is formatted into memory and written with one call per run of records bound for
+    /// the same stream. Rust's stdout is line-buffered, so writing record by record would cost
+    /// one system call per line.
     pub fn logs(&mut self, records: &[LogRecord]) {
+        let mut batch = Batch::default();
         match self.format {
             OutputFormat::Json => {
-                let mut out = std::io::stdout().lock();
                 for record in records {
-                    let _ = writeln!(out, "{}", json_event("log", record));
+                    let text = batch.text(Destination::Stdout);
+                    write_log_json(text, record);
+                    text.push(b'\n');
                 }
-                let _ = out.flush();
             }
-            OutputFormat::Text => self.text_logs(records),
+            OutputFormat::Text => self.text_logs(records, &mut batch),
+        }
+        batch.write_out();
+        if let Some(error) = batch.error {
+            self.write_error.get_or_insert(error);
         }
     }
 
-    fn text_logs(&mut self, records: &[LogRecord]) {
-        let mut stdout = std::io::stdout().lock();
-        let mut stderr = std::io::stderr().lock();
+    fn text_logs(&mut self, records: &[LogRecord], batch: &mut Batch) {
         for record in records {
             let ends_line = !record.flags.contains(LogFlags::SPLIT) && !record.flags.contains(LogFlags::NO_NEWLINE);
-            let newline = if ends_line { "\n" } else { "" };
-            match (record.channel, record.stream) {
-                (Channel::Setup, _) => {
-                    let mark = if self.setup_line_start { "[setup] " } else { "" };
-                    let _ = write!(stderr, "{mark}{}{newline}", record.line);
-                    self.setup_line_start = ends_line;
+            let destination = match (record.channel, record.stream) {
+                (Channel::Setup, _) | (Channel::Program, Stream::Stderr) => Destination::Stderr,
+                (Channel::Program, Stream::Stdout) => Destination::Stdout,
+            };
+            let text = batch.text(destination);
+            if record.channel == Channel::Setup {
+                if self.setup_line_start {
+                    text.extend_from_slice(b"[setup] ");
                 }
-                (Channel::Program, Stream::Stdout) => {
-                    let _ = write!(stdout, "{}{newline}", record.line);
-                }
-                (Channel::Program, Stream::Stderr) => {
-                    let _ = write!(stderr, "{}{newline}", record.line);
-                }
+                self.setup_line_start = ends_line;
+            }
+            text.extend_from_slice(record.line.as_bytes());
+            if ends_line {
+                text.push(b'\n');
             }
         }
-        let _ = stdout.flush();
-        let _ = stderr.flush();
+    }
+
+    /// Returns the first error writing the app's output, once.
+    pub fn take_write_error(&mut self) -> Option<std::io::Error> {
+        self.write_error.take()
     }
 
     /// Prints a status change.
@@ -83,6 +96,71 @@ impl Output {
             }
         }
     }
+}
+
+/// Where a piece of output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Stdout,
+    Stderr,
+}
+
+/// Formatted output of one batch of records, in order: each run of consecutive records for the
+/// same destination is written when the destination changes, so the order across stdout and
+/// stderr stays the order of the records.
+#[derive(Default)]
+struct Batch {
+    destination: Option<Destination>,
+    pending: Vec<u8>,
+    /// The first write error.
+    error: Option<std::io::Error>,
+}
+
+impl Batch {
+    /// Returns the buffer to append to for `destination`, writing out what is pending for the
+    /// other one first.
+    fn text(&mut self, destination: Destination) -> &mut Vec<u8> {
+        if self.destination != Some(destination) {
+            self.write_out();
+            self.destination = Some(destination);
+        }
+        &mut self.pending
+    }
+
+    /// Writes and flushes what is pending, keeping the first error.
+    fn write_out(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let result = match self.destination {
+            Some(Destination::Stdout) | None => write_flushed(&mut std::io::stdout().lock(), &self.pending),
+            Some(Destination::Stderr) => write_flushed(&mut std::io::stderr().lock(), &self.pending),
+        };
+        if let Err(error) = result {
+            self.error.get_or_insert(error);
+        }
+        self.pending.clear();
+    }
+}
+
+fn write_flushed(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// A log record as a JSON event: `"event": "log"`, then the record's own fields.
+#[derive(serde::Serialize)]
+struct LogEvent<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    record: &'a LogRecord,
+}
+
+/// Appends a log record as one JSON object, without a newline; the same text as
+/// `json_event("log", record)`, without building a `serde_json::Value` first.
+fn write_log_json(out: &mut Vec<u8>, record: &LogRecord) {
+    // Serializing derived structs and strings into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(out, &LogEvent { event: "log", record });
 }
 
 /// Serializes `value` as a JSON object with `"event": kind` first.
@@ -118,7 +196,7 @@ pub fn describe(status: &ExecutionStatus) -> String {
             }
             text
         }
-        ExecutionState::Cancelled { forced: true } => "cancelled (killed after the grace period)".to_string(),
+        ExecutionState::Cancelled { forced: true } => "cancelled (killed)".to_string(),
         ExecutionState::Cancelled { forced: false } => "cancelled".to_string(),
         ExecutionState::TimedOut { forced: true } => "timed out (killed after the grace period)".to_string(),
         ExecutionState::TimedOut { forced: false } => "timed out".to_string(),
@@ -162,6 +240,21 @@ mod tests {
     #[test]
     fn describe_names_exit_code() {
         assert_eq!(describe(&ExecutionStatus::new(ExecutionState::crashed_with_code(138))), "crashed with exit code 138");
+    }
+
+    #[test]
+    fn log_json_matches_generic_event() {
+        let record = LogRecord {
+            seq: 3,
+            timestamp: tower_plugin_api::Timestamp { unix_nanos: 1_700_000_000_123_456_789 },
+            stream: Stream::Stderr,
+            channel: Channel::Program,
+            line: "quote \" tab \t unicode é".into(),
+            flags: LogFlags::SPLIT,
+        };
+        let mut direct = Vec::new();
+        write_log_json(&mut direct, &record);
+        assert_eq!(String::from_utf8(direct).unwrap(), json_event("log", &record));
     }
 
     #[test]

@@ -39,11 +39,23 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
     let mut stop = StopControl::new(execution.clone(), args.grace)?;
     let deadline = sleep_until_deadline(host_deadline);
     tokio::pin!(deadline);
+    let mut output_error: Option<std::io::Error> = None;
 
     let final_status = loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(ExecutionEvent::Logs(records)) => output.logs(&records),
+                Some(ExecutionEvent::Logs(records)) => {
+                    output.logs(&records);
+                    if let Some(error) = output.take_write_error() {
+                        if output_error.is_none() {
+                            tracing::debug!(%error, "writing the app's output failed");
+                            eprintln!("tower-host: writing the app's output failed ({error}); stopping the app");
+                            stop.requests += 1;
+                            stop.terminate();
+                        }
+                        output_error.get_or_insert(error);
+                    }
+                }
                 Some(ExecutionEvent::Status(status)) => {
                     let status = stop.adjust(status);
                     output.status(&status);
@@ -71,7 +83,11 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
     if let Err(error) = backend.shutdown().await {
         tracing::warn!(%error, "backend shutdown failed");
     }
-    Ok(exit_code_of(&final_status))
+    match output_error {
+        Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit_code::OUTPUT_CLOSED),
+        Some(_) => Ok(exit_code::HOST_FAILURE),
+        None => Ok(exit_code_of(&final_status)),
+    }
 }
 
 /// Reads the input: a `.tar.gz` package as is, or a folder packed the way Tower packs it.

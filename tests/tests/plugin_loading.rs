@@ -36,7 +36,8 @@ fn other_major_version_is_refused_naming_both_versions() {
 fn failing_constructor_is_reported_with_plugin_name() {
     let config = TestConfig::new(&fixture_plugin("scripted"), "constructor = \"fail\"");
     let output = check(&config);
-    assert_eq!(output.code, Some(HOST_FAILURE), "{output:?}");
+    // The fixture fails with `invalid_config`, which is the operator's input: the usage code.
+    assert_eq!(output.code, Some(USAGE), "{output:?}");
     assert!(output.stderr.contains("plugin `scripted` failed to create the backend"), "{output:?}");
     assert!(output.stderr.contains("the constructor fails (invalid_config)"), "{output:?}");
 }
@@ -53,7 +54,7 @@ fn panicking_constructor_fails_without_crashing_host() {
 fn unknown_setting_is_refused_naming_key() {
     let config = TestConfig::new(&fixture_plugin("scripted"), "constructr = \"ok\"");
     let output = check(&config);
-    assert_eq!(output.code, Some(HOST_FAILURE), "{output:?}");
+    assert_eq!(output.code, Some(USAGE), "{output:?}");
     assert!(output.stderr.contains("invalid setting `constructr`"), "{output:?}");
     assert!(output.stderr.contains("[backend.settings]"), "{output:?}");
 }

@@ -234,3 +234,43 @@ fn plugin_tracing_reaches_host_log_with_plugin_name() {
     assert!(line.contains("plugin=\"scripted\""), "{line}");
     assert!(line.contains("execution.id=\"traced-1\""), "{line}");
 }
+
+#[test]
+fn bad_arguments_exit_with_usage_code() {
+    let config = scripted();
+    for args in [&["--param", "NOEQUALS"][..], &["--timeout", "soon"], &["--no-such-flag"]] {
+        let output = capture(host(Some(&config.path)).arg("run").arg(example("hello-world")).args(args));
+        assert_eq!(output.code, Some(USAGE), "{args:?}: {output:?}");
+    }
+    let help = capture(host(None).args(["run", "--help"]));
+    assert_eq!(help.code, Some(0), "{help:?}");
+    assert!(help.stdout.contains("--param"), "{help:?}");
+}
+
+#[test]
+fn closed_output_stops_app_with_sigpipe_code() {
+    let config = scripted();
+    let mut child = host(Some(&config.path))
+        .arg("run")
+        .arg(example("hello-world"))
+        .args(["--param", "lines=100000", "--param", "run_ms=60000", "--output", "json"])
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    drop(stdout);
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141));
+    assert!(started.elapsed() < Duration::from_secs(30), "the app was not stopped: {:?}", started.elapsed());
+}
+
+#[test]
+fn full_disk_output_is_host_failure() {
+    let config = scripted();
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let output = capture(host(Some(&config.path)).arg("run").arg(example("hello-world")).args(["--param", "lines=1000"]).stdout(full));
+    assert_eq!(output.code, Some(HOST_FAILURE), "{output:?}");
+    assert!(output.stderr.contains("No space left on device"), "{output:?}");
+}

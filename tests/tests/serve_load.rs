@@ -2,7 +2,7 @@
 //! bash apps through the subprocess plugin as an ignored measurement of the host's memory.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tower_host_tests::http::{Client, StreamEnd};
 use tower_host_tests::serve::{create, pack_example, ServeHost, ServeSetup, TestPackage};
 use tower_host_tests::*;
@@ -10,23 +10,48 @@ use tower_host_tests::*;
 /// Threads that send the create requests.
 const CREATE_THREADS: usize = 8;
 
-/// Creates `count` executions named `<prefix>-<n>` from `CREATE_THREADS` threads.
-fn create_all(client: &Client, package: &Arc<TestPackage>, prefix: &str, count: usize, parameters: &'static [(&'static str, &'static str)]) {
+/// Creates `count` executions named `<prefix>-<n>` from `CREATE_THREADS` threads. Returns when
+/// each create request was sent, indexed by `n`.
+fn create_all(client: &Client, package: &Arc<TestPackage>, prefix: &str, count: usize, parameters: &'static [(&'static str, &'static str)]) -> Vec<SystemTime> {
     let threads: Vec<_> = (0..CREATE_THREADS)
         .map(|thread| {
             let client = client.clone();
             let package = Arc::clone(package);
             let prefix = prefix.to_string();
             std::thread::spawn(move || {
+                let mut sent = Vec::new();
                 for n in (thread..count).step_by(CREATE_THREADS) {
+                    sent.push((n, SystemTime::now()));
                     create(&client, &format!("{prefix}-{n}"), &package, parameters);
                 }
+                sent
             })
         })
         .collect();
+    let mut sent_at = vec![SystemTime::UNIX_EPOCH; count];
     for thread in threads {
-        thread.join().expect("create thread");
+        for (n, at) in thread.join().expect("create thread") {
+            sent_at[n] = at;
+        }
     }
+    sent_at
+}
+
+/// Parses an RFC 3339 timestamp of a log record.
+fn record_time(record: &serde_json::Value) -> SystemTime {
+    let stamp: tower_plugin_api::Timestamp = serde_json::from_value(record["timestamp"].clone()).expect("an RFC 3339 timestamp");
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(stamp.unix_nanos).expect("a timestamp after 1970"))
+}
+
+/// Returns the value at `quantile` (0 to 1) of sorted `values`, by the nearest-rank method.
+fn percentile(sorted: &[Duration], quantile: f64) -> Duration {
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Counts the open file descriptors of a process (entries of `/proc/<pid>/fd`).
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|entries| entries.count()).unwrap_or(0)
 }
 
 /// Follows the logs of every execution at once, one thread each, until each stream completes.
@@ -118,13 +143,17 @@ fn five_hundred_bash_executions_through_subprocess() {
     let idle_rss = host.peak_rss_kib();
     let package = Arc::new(sleepy_bash_package());
 
+    let idle_fds = open_fds(host.pid());
+
     let started = Instant::now();
-    create_all(&host.client, &package, "bash", COUNT, &[("SLEEP_SECONDS", "10")]);
+    let sent_at = create_all(&host.client, &package, "bash", COUNT, &[("SLEEP_SECONDS", "10")]);
     let created = started.elapsed();
-    let peak_running = {
+    let peaks = {
         let client = host.client.clone();
+        let pid = host.pid();
         std::thread::spawn(move || {
             let mut peak = 0;
+            let mut peak_fds = 0;
             let deadline = Instant::now() + Duration::from_secs(600);
             while Instant::now() < deadline {
                 let metrics = client.get("/v1/metrics").text();
@@ -134,6 +163,7 @@ fn five_hundred_bash_executions_through_subprocess() {
                     .and_then(|value| value.trim().parse::<u64>().ok())
                     .unwrap_or(0);
                 peak = peak.max(running);
+                peak_fds = peak_fds.max(open_fds(pid));
                 let finished = metrics
                     .lines()
                     .find_map(|line| line.strip_prefix("tower_host_executions_finished_total{state=\"exited\"} "))
@@ -144,14 +174,14 @@ fn five_hundred_bash_executions_through_subprocess() {
                 }
                 std::thread::sleep(Duration::from_millis(250));
             }
-            peak
+            (peak, peak_fds)
         })
     };
     let logs = follow_all(&host.client, "bash", COUNT);
     let finished = wait_all_finished(&host, COUNT, Duration::from_secs(600));
     let took = started.elapsed();
     let peak_rss = host.peak_rss_kib();
-    let peak_running = peak_running.join().expect("metrics poller");
+    let (peak_running, peak_fds) = peaks.join().expect("metrics poller");
 
     for execution in &finished {
         assert_eq!(execution["status"]["state"], "exited", "{execution}");
@@ -160,11 +190,24 @@ fn five_hundred_bash_executions_through_subprocess() {
         let program: Vec<_> = records.iter().filter(|record| record["channel"] == "program").map(|record| record["line"].as_str().unwrap()).collect();
         assert_eq!(program, ["start", "done"], "bash-{n}");
     }
+    // Create to first log: from sending the create request to the timestamp the plugin gave the
+    // first record it read, so the delay of the log stream itself is not counted.
+    let mut first_log: Vec<Duration> = logs
+        .iter()
+        .zip(&sent_at)
+        .map(|(records, sent)| record_time(&records[0]).duration_since(*sent).unwrap_or_default())
+        .collect();
+    first_log.sort();
+    let running = peak_running.max(1);
     println!(
-        "serve: {COUNT} bash executions (10 s each): created in {:.1}s, all finished in {:.1}s, at most {peak_running} running at once; host peak RSS {} MiB (idle {} MiB)",
+        "serve: {COUNT} bash executions (10 s each): created in {:.1}s, all finished in {:.1}s, at most {peak_running} running at once; host peak RSS {} MiB (idle {} MiB), {:.0} KiB per running execution; open fds at most {peak_fds} (idle {idle_fds}); create to first log p50 {} ms, p99 {} ms, max {} ms",
         created.as_secs_f64(),
         took.as_secs_f64(),
         peak_rss / 1024,
-        idle_rss / 1024
+        idle_rss / 1024,
+        peak_rss.saturating_sub(idle_rss) as f64 / running as f64,
+        percentile(&first_log, 0.5).as_millis(),
+        percentile(&first_log, 0.99).as_millis(),
+        first_log.last().copied().unwrap_or_default().as_millis(),
     );
 }

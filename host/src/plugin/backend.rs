@@ -18,6 +18,11 @@ use tower_plugin_api::{
 
 /// How many event batches the host buffers per execution before the plugin's `logs` call blocks.
 const EVENT_BUFFER: usize = 256;
+/// How many bytes of log records the host buffers per execution before the plugin's `logs` call
+/// blocks; one batch larger than this still passes when nothing else is buffered.
+const LOG_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes counted for a record besides its text: its fixed fields and its allocation.
+const RECORD_OVERHEAD_BYTES: usize = 64;
 
 /// A plugin call that failed, naming the plugin and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -81,25 +86,27 @@ impl Backend {
     pub async fn create(&self, spec: tower_plugin_api::ExecutionSpec) -> Result<(Execution, EventStream), PluginCallError> {
         let run_id = spec.run_id.to_string();
         let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
-        let sink = EventSinkFfi_TO::from_value(HostEventSink { sender }, TD_Opaque);
+        let budget = Arc::new(ByteBudget::default());
+        let sink = EventSinkFfi_TO::from_value(HostEventSink { sender, budget: Arc::clone(&budget) }, TD_Opaque);
         let ffi = Arc::clone(&self.ffi);
         let operation = format!("create execution `{run_id}`");
         let handle = call(&self.plugin.name, &operation, move || ffi.create(spec, sink)).await?;
         let execution = Execution { plugin: self.plugin.name.clone(), run_id, ffi: Arc::new(handle) };
-        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone() }))
+        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone(), budget }))
     }
 
     /// Reattaches to an execution that an earlier host process created. Its events, starting
     /// with the status and the logs the backend can still read, arrive on the returned stream.
     pub async fn recover(&self, run_id: &str) -> Result<(Execution, EventStream), PluginCallError> {
         let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
-        let sink = EventSinkFfi_TO::from_value(HostEventSink { sender }, TD_Opaque);
+        let budget = Arc::new(ByteBudget::default());
+        let sink = EventSinkFfi_TO::from_value(HostEventSink { sender, budget: Arc::clone(&budget) }, TD_Opaque);
         let ffi = Arc::clone(&self.ffi);
         let operation = format!("recover execution `{run_id}`");
         let id = RString::from(run_id);
         let handle = call(&self.plugin.name, &operation, move || ffi.recover(id, sink)).await?;
         let execution = Execution { plugin: self.plugin.name.clone(), run_id: run_id.to_string(), ffi: Arc::new(handle) };
-        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone() }))
+        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone(), budget }))
     }
 
     /// Asks the backend to release backend-wide resources.
@@ -166,6 +173,13 @@ pub struct EventStream {
     receiver: Option<mpsc::Receiver<ExecutionEvent>>,
     ended: bool,
     plugin: String,
+    budget: Arc<ByteBudget>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.budget.close();
+    }
 }
 
 impl EventStream {
@@ -182,10 +196,14 @@ impl EventStream {
                     self.ended = true;
                     // Closing the channel makes any later send of the plugin return at once.
                     self.receiver = None;
+                    self.budget.close();
                 }
                 Some(ExecutionEvent::Status(status))
             }
-            Some(event) => Some(event),
+            Some(ExecutionEvent::Logs(records)) => {
+                self.budget.release(cost_of(&records));
+                Some(ExecutionEvent::Logs(records))
+            }
             None => {
                 self.receiver = None;
                 if self.ended {
@@ -207,16 +225,62 @@ impl EventStream {
 #[derive(Clone)]
 struct HostEventSink {
     sender: mpsc::Sender<ExecutionEvent>,
+    budget: Arc<ByteBudget>,
 }
 
 impl EventSinkFfi for HostEventSink {
     fn logs(&self, records: RVec<LogRecord>) {
+        let cost = cost_of(&records);
+        self.budget.acquire(cost);
         // An error means the host stopped listening (after the terminal status): drop the records.
-        let _ = self.sender.blocking_send(ExecutionEvent::Logs(records));
+        if self.sender.blocking_send(ExecutionEvent::Logs(records)).is_err() {
+            self.budget.release(cost);
+        }
     }
 
     fn status(&self, status: ExecutionStatus) {
         let _ = self.sender.blocking_send(ExecutionEvent::Status(status));
+    }
+}
+
+/// Returns the bytes a batch of records counts against [`LOG_BUFFER_BYTES`].
+fn cost_of(records: &[LogRecord]) -> usize {
+    records.iter().map(|record| record.line.len() + RECORD_OVERHEAD_BYTES).sum()
+}
+
+/// The bytes of log records buffered between the plugin and the consumer of one execution.
+#[derive(Default)]
+struct ByteBudget {
+    state: std::sync::Mutex<BudgetState>,
+    freed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    used: usize,
+    /// Set once nobody consumes any more; waiting senders then go on at once.
+    closed: bool,
+}
+
+impl ByteBudget {
+    /// Waits until `cost` bytes fit (or nothing is buffered, or the consumer is gone) and takes them.
+    fn acquire(&self, cost: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while state.used > 0 && state.used + cost > LOG_BUFFER_BYTES && !state.closed {
+            state = self.freed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.used += cost;
+    }
+
+    fn release(&self, cost: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.used = state.used.saturating_sub(cost);
+        self.freed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).closed = true;
+        self.freed.notify_all();
     }
 }
 

@@ -5,6 +5,6 @@ pub mod discovery;
 pub mod loader;
 pub mod safety;
 
-pub use backend::{Backend, Execution, ExecutionEvent};
+pub use backend::{Backend, EventStream, Execution, ExecutionEvent};
 pub use discovery::{plugin_file_name, search_paths, PluginCandidate};
 pub use loader::{LoadError, LoadedPlugin};

@@ -32,7 +32,8 @@ const DEFAULT_ENV_ALLOWLIST: [&str; 6] = ["PATH", "HOME", "LANG", "LC_*", "TZ", 
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Folder that contains one folder per execution (`executions/`) and the caches (`cache/`).
-    /// Default: `tower-host-subprocess` under `$TMPDIR`, or under `/tmp` when `TMPDIR` is not set.
+    /// Default: `tower-host-subprocess-<uid>` under `$TMPDIR`, or under `/tmp` when `TMPDIR` is not
+    /// set. The folder must be owned by the user running tower-host and writable by nobody else.
     pub work_dir: Option<PathBuf>,
 
     /// The uv binary: a path, or a name looked up on the host's `PATH`. Default: `uv`.
@@ -190,7 +191,10 @@ impl Settings {
 
     /// Resolves the folders the backend uses.
     pub fn paths(&self) -> Paths {
-        let work_dir = self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(DEFAULT_WORK_DIR_NAME));
+        // The user id in the default name keeps users of one machine out of each other's folders.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        let work_dir = self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("{DEFAULT_WORK_DIR_NAME}-{uid}")));
         let cache_dir = work_dir.join("cache");
         let uv_cache_dir = self.uv_cache_dir.clone().unwrap_or_else(|| cache_dir.join("uv"));
         Paths { executions_dir: work_dir.join("executions"), uv_cache_dir, cache_dir, work_dir }
@@ -220,13 +224,40 @@ impl Paths {
     }
 }
 
+/// Creates a folder (private to the current user when it is new) and checks that nobody else can
+/// change it: the plugin unpacks packages and runs programs (uv) from these folders, so a folder
+/// that another user owns or can write would let that user run code as the host's user.
 fn create_dir(dir: &Path) -> Result<(), PluginError> {
-    std::fs::create_dir_all(dir).map_err(|error| {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|error| {
         PluginError::invalid_config(format!(
             "failed to create folder {}: {error}; set `work_dir` to a writable folder",
             dir.display()
         ))
-    })
+    })?;
+    let metadata = std::fs::metadata(dir)
+        .map_err(|error| PluginError::invalid_config(format!("cannot read folder {}: {error}", dir.display())))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if metadata.uid() != me {
+        return Err(PluginError::invalid_config(format!(
+            "folder {} is owned by user id {}, not by the user running tower-host ({me}), who would run code from it; \
+             set `work_dir` to a folder of your own, or `chown {me} {}`",
+            dir.display(),
+            metadata.uid(),
+            dir.display()
+        )));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(PluginError::invalid_config(format!(
+            "folder {} is writable by group or others (mode {:o}), so they could change what the plugin runs; \
+             fix it with `chmod go-w {}` or set `work_dir` to a private folder",
+            dir.display(),
+            metadata.mode() & 0o7777,
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -251,6 +282,27 @@ mod tests {
     fn unknown_nested_setting_is_named() {
         let error = parse_settings::<Settings>(r#"{"unpack":{"max_entris":3}}"#).unwrap_err();
         assert!(error.message.contains("unpack.max_entris"), "{error}");
+    }
+
+    #[test]
+    fn work_dir_writable_by_others_is_rejected() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let shared = parent.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = create_dir(&shared).unwrap_err();
+        assert!(error.message.contains("writable by group or others"), "{error}");
+        assert!(error.message.contains("chmod go-w"), "{error}");
+    }
+
+    #[test]
+    fn new_work_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let fresh = parent.path().join("a/b");
+        create_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]
