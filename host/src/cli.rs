@@ -79,7 +79,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
-    /// How long the app gets to stop after Ctrl-C (or the timeout) before it is killed.
+    /// How long the app gets to stop after Ctrl-C or SIGTERM before it is killed. A backend that
+    /// enforces `--timeout` itself stops the app with its own grace period (the subprocess
+    /// plugin's `default_grace_seconds`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub grace: Duration,
 

@@ -24,14 +24,22 @@ pub async fn plugins_list(config: &Config) -> CommandResult {
         let path = candidate.path.clone();
         let loaded = tokio::task::spawn_blocking(move || loader::load(&path, None)).await.map_err(Failure::host)?;
         match loaded {
-            Ok(plugin) => println!(
-                "{:<16} {:<10} {:<10} {:<6} {}",
-                plugin.name,
-                plugin.version,
-                plugin.api_version.to_string(),
-                "ok",
-                candidate.path.display()
-            ),
+            Ok(plugin) => {
+                println!(
+                    "{:<16} {:<10} {:<10} {:<6} {}",
+                    plugin.name,
+                    plugin.version,
+                    plugin.api_version.to_string(),
+                    "ok",
+                    candidate.path.display()
+                );
+                if plugin.name != candidate.name {
+                    println!(
+                        "    note: the file name says `{}`, so `plugin = \"{}\"` loads this plugin, which calls itself `{}`",
+                        candidate.name, candidate.name, plugin.name
+                    );
+                }
+            }
             Err(error) => {
                 problems += 1;
                 println!("{:<16} {:<10} {:<10} {:<6} {}", candidate.name, "-", "-", "error", candidate.path.display());

@@ -12,7 +12,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("failed to read config file {path}: {source}")]
+    #[error("failed to read config file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,

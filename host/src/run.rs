@@ -12,20 +12,34 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tower_plugin_api::{ExecutionSpec, ExecutionState, ExecutionStatus, KeyValue, PackageSource, SecretVar};
 
-/// A package ready to hand to the backend, and the temp folder that keeps it alive.
+/// A package ready to hand to the backend.
 struct StagedInput {
     archive: PathBuf,
     sha256: String,
     manifest: tower_package::Manifest,
     app_name: String,
-    _temp: tempfile::TempDir,
 }
 
 /// Runs one execution and returns the exit code it maps to.
 pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
-    let input = stage_input(args.input.as_deref().unwrap_or(Path::new(".")))?;
+    // Signals are caught from the start, so that Ctrl-C while a folder is packed or the plugin
+    // loads ends the host cleanly and removes the temp folder.
+    let mut signals = Signals::listen()?;
+    let temp = tempfile::Builder::new().prefix("tower-host-run-").tempdir().map_err(|error| {
+        Failure::host(anyhow::anyhow!("failed to create a temp folder for the package: {error}; check TMPDIR"))
+    })?;
+    let input_path = args.input.clone().unwrap_or_else(|| PathBuf::from("."));
+    let temp_path = temp.path().to_path_buf();
+    let staging = tokio::task::spawn_blocking(move || stage_input(&input_path, &temp_path));
+    let input = tokio::select! {
+        staged = staging => staged.map_err(Failure::host)??,
+        _ = signals.recv() => return Ok(interrupted_before_start()),
+    };
     let spec = build_spec(&args, &input)?;
-    let backend = create_backend(config).await?;
+    let backend = tokio::select! {
+        backend = create_backend(config) => backend?,
+        _ = signals.recv() => return Ok(interrupted_before_start()),
+    };
     let capabilities = backend.capabilities().await.map_err(Failure::host)?;
 
     let span = tracing::info_span!("execution", execution.id = %spec.run_id, backend = %capabilities.backend, plugin = %backend.plugin().name);
@@ -36,7 +50,7 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
 
     // The host enforces the timeout itself only when the backend does not.
     let host_deadline = args.timeout.filter(|_| !capabilities.enforced_limits.timeout);
-    let mut stop = StopControl::new(execution.clone(), args.grace)?;
+    let mut stop = StopControl::new(execution.clone(), args.grace, signals);
     let deadline = sleep_until_deadline(host_deadline);
     tokio::pin!(deadline);
     let mut output_error: Option<std::io::Error> = None;
@@ -91,10 +105,7 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
 }
 
 /// Reads the input: a `.tar.gz` package as is, or a folder packed the way Tower packs it.
-fn stage_input(input: &Path) -> Result<StagedInput, Failure> {
-    let temp = tempfile::Builder::new().prefix("tower-host-run-").tempdir().map_err(|error| {
-        Failure::host(anyhow::anyhow!("failed to create a temp folder for the package: {error}; check TMPDIR"))
-    })?;
+fn stage_input(input: &Path, temp: &Path) -> Result<StagedInput, Failure> {
     let archive = if input.is_dir() {
         if !input.join("Towerfile").is_file() {
             return Err(Failure::usage(anyhow::anyhow!(
@@ -102,7 +113,7 @@ fn stage_input(input: &Path) -> Result<StagedInput, Failure> {
                 input.display()
             )));
         }
-        let archive = temp.path().join("package.tar.gz");
+        let archive = temp.join("package.tar.gz");
         tower_package::pack_dir(input, &archive).map_err(Failure::usage)?;
         archive
     } else if input.is_file() {
@@ -117,7 +128,7 @@ fn stage_input(input: &Path) -> Result<StagedInput, Failure> {
     let manifest = tower_package::read_manifest(&archive).map_err(Failure::usage)?;
     let sha256 = tower_package::sha256_file(&archive).map_err(Failure::usage)?;
     let app_name = app_name_of(input);
-    Ok(StagedInput { archive, sha256, manifest, app_name, _temp: temp })
+    Ok(StagedInput { archive, sha256, manifest, app_name })
 }
 
 /// Returns the app's name: the Towerfile's `[app] name` for a folder, else the file name.
@@ -133,7 +144,7 @@ fn app_name_of(input: &Path) -> String {
 
 fn build_spec(args: &RunArgs, input: &StagedInput) -> Result<ExecutionSpec, Failure> {
     let run_id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    validate_run_id(&run_id).map_err(|rule| Failure::usage(anyhow::anyhow!("invalid --id `{run_id}`: {rule}")))?;
+    validate_run_id(&run_id).map_err(|rule| Failure::usage(anyhow::anyhow!("invalid --id {run_id:?}: {rule}")))?;
     let archive = input.archive.to_str().ok_or_else(|| {
         Failure::usage(anyhow::anyhow!("package path {} is not valid UTF-8; rename or move it", input.archive.display()))
     })?;
@@ -179,36 +190,51 @@ pub fn validate_run_id(run_id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Ctrl-C (SIGINT) and SIGTERM handling: the first request terminates with the grace period, the
+/// SIGINT (Ctrl-C) and SIGTERM, the requests to stop.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Self, Failure> {
+        let listen = |kind| signal(kind).map_err(|error| Failure::host(anyhow::anyhow!("failed to listen for signals: {error}")));
+        Ok(Self { interrupt: listen(SignalKind::interrupt())?, terminate: listen(SignalKind::terminate())? })
+    }
+
+    /// Waits for SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// Reports a stop request that came before the app started, and returns the cancelled code.
+fn interrupted_before_start() -> u8 {
+    eprintln!("tower-host: interrupted before the app started; nothing was run");
+    exit_code::CANCELLED
+}
+
+/// Stop requests after the execution exists: the first one terminates with the grace period, the
 /// next one kills.
 struct StopControl {
     execution: Execution,
     grace: Duration,
-    interrupt: tokio::signal::unix::Signal,
-    terminate_signal: tokio::signal::unix::Signal,
+    signals: Signals,
     requests: u32,
     timed_out: bool,
 }
 
 impl StopControl {
-    fn new(execution: Execution, grace: Duration) -> Result<Self, Failure> {
-        let listen = |kind| signal(kind).map_err(|error| Failure::host(anyhow::anyhow!("failed to listen for signals: {error}")));
-        Ok(Self {
-            execution,
-            grace,
-            interrupt: listen(SignalKind::interrupt())?,
-            terminate_signal: listen(SignalKind::terminate())?,
-            requests: 0,
-            timed_out: false,
-        })
+    fn new(execution: Execution, grace: Duration, signals: Signals) -> Self {
+        Self { execution, grace, signals, requests: 0, timed_out: false }
     }
 
     /// Waits for SIGINT or SIGTERM.
     async fn requested(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate_signal.recv() => {}
-        }
+        self.signals.recv().await;
     }
 
     /// Acts on a stop request and returns what to tell the user.

@@ -34,8 +34,9 @@ pub enum PackageError {
 
     /// The archive is not a readable gzip-compressed or plain tar stream.
     #[error(
-        "archive {} is corrupt or truncated: {source}; rebuild the package and upload it again",
-        archive.display()
+        "archive {} is not a valid Tower package: {}; check that it is a .tar.gz package and was not cut short",
+        archive.display(),
+        corruption_reason(source)
     )]
     CorruptArchive {
         /// Path of the archive.
@@ -244,4 +245,22 @@ impl PackageError {
             source,
         }
     }
+}
+
+/// Describes why an archive could not be read, in a few words. The tar reader's own messages can
+/// quote header bytes, which for a file that is not an archive means its contents, so they are
+/// not shown.
+fn corruption_reason(source: &io::Error) -> String {
+    let message = source.to_string();
+    if source.kind() == io::ErrorKind::UnexpectedEof {
+        return "it ends too early".to_string();
+    }
+    if message.contains("gzip") || message.contains("deflate") {
+        return "its gzip data is invalid".to_string();
+    }
+    if message.contains("MANIFEST is larger") || message.contains("extension header") {
+        // Messages of this crate, which quote nothing from the archive.
+        return message;
+    }
+    "a tar header is invalid".to_string()
 }

@@ -14,19 +14,43 @@ pub struct Package {
     manifest: Manifest,
 }
 
-/// Checks a package archive and returns its MANIFEST, without leaving anything on disk.
+/// Largest MANIFEST [`read_manifest`] reads; real ones are a few hundred bytes.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Reads the MANIFEST of a package archive without unpacking anything to disk.
 ///
-/// The archive is unpacked with the default [`UnpackLimits`](crate::UnpackLimits) into a temp
-/// folder that is removed afterwards, so every check of [`unpack`](crate::unpack) and
-/// [`Package::open`] applies.
+/// Only the MANIFEST entry is read; the rest of the archive is decompressed and skipped. This
+/// checks neither the other entries nor the script: [`unpack`](crate::unpack) and
+/// [`Package::open`] do that. Errors name `archive`, with `archive:MANIFEST` for the entry.
 pub fn read_manifest(archive: &Path) -> Result<Manifest, PackageError> {
-    let temp = tempfile::Builder::new()
-        .prefix("tower-package-")
-        .tempdir()
-        .map_err(|source| PackageError::io("create a temp folder for", archive, source))?;
-    crate::unpack(archive, temp.path(), &crate::UnpackLimits::default())?;
-    let package = Package::open(temp.path())?;
-    Ok(package.manifest)
+    use std::io::{BufRead, Read};
+
+    let corrupt = |source: io::Error| PackageError::CorruptArchive { archive: archive.to_path_buf(), source };
+    let file = std::fs::File::open(archive).map_err(|source| PackageError::io("open", archive, source))?;
+    let mut reader = std::io::BufReader::new(file);
+    let is_gzip = reader.fill_buf().map_err(|source| PackageError::io("read", archive, source))?.starts_with(&[0x1f, 0x8b]);
+    let stream: Box<dyn Read> = if is_gzip { Box::new(flate2::read::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+
+    let mut tar_archive = tar::Archive::new(stream);
+    for entry in tar_archive.entries().map_err(corrupt)? {
+        let entry = entry.map_err(corrupt)?;
+        let path = entry.path().map_err(corrupt)?;
+        let is_manifest = path.components().filter(|part| !matches!(part, std::path::Component::CurDir)).eq([std::path::Component::Normal("MANIFEST".as_ref())]);
+        if !is_manifest || !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let manifest_path = archive.with_file_name(format!(
+            "{}:MANIFEST",
+            archive.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        let mut bytes = Vec::new();
+        entry.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).map_err(corrupt)?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(corrupt(io::Error::new(io::ErrorKind::InvalidData, format!("its MANIFEST is larger than {MAX_MANIFEST_BYTES} bytes"))));
+        }
+        return Manifest::from_slice_at(&bytes, &manifest_path);
+    }
+    Err(PackageError::ManifestNotFound { path: archive.to_path_buf() })
 }
 
 impl Package {

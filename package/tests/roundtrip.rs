@@ -465,3 +465,41 @@ fn open_reads_hand_built_version_2_package() {
     assert_eq!(package.import_paths(), [dest.join("modules/common")]);
     assert_eq!(mode_of(&dest.join("app/run.sh")), 0o755);
 }
+
+#[test]
+fn read_manifest_reads_packed_archive_without_unpacking() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("app.tar.gz");
+    let packed = tower_package::pack_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/params-and-secret"), &archive).unwrap();
+    let read = tower_package::read_manifest(&archive).unwrap();
+    assert_eq!(read.invoke, packed.invoke);
+    assert_eq!(read.checksum, packed.checksum);
+    assert_eq!(read.parameters.len(), 2);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was unpacked next to the archive");
+}
+
+#[test]
+fn read_manifest_of_non_archive_names_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "root:x:0:0:secret-looking line\n".repeat(50)).unwrap();
+    let error = tower_package::read_manifest(&text).unwrap_err().to_string();
+    assert!(error.contains(&text.display().to_string()), "{error}");
+    assert!(!error.contains("secret-looking"), "the error repeats the file's content: {error}");
+}
+
+#[test]
+fn read_manifest_without_manifest_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("empty.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(3);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, "app/main.py", &b"x=1"[..]).unwrap();
+    builder.finish().unwrap();
+    let error = tower_package::read_manifest(&archive).unwrap_err().to_string();
+    assert!(error.contains("MANIFEST not found"), "{error}");
+    assert!(error.contains("empty.tar"), "{error}");
+}

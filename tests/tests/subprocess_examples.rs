@@ -130,6 +130,7 @@ fn host_secrets_do_not_reach_app() {
         host(Some(&config.path))
             .arg("run")
             .arg(app.path())
+            .args(["--environment", "staging"])
             .env("AWS_SECRET_ACCESS_KEY", "host-aws-secret")
             .env("KUBECONFIG", "/host/kubeconfig")
             .env("GITHUB_TOKEN", "host-token"),
@@ -140,6 +141,7 @@ fn host_secrets_do_not_reach_app() {
     assert!(!output.stdout.contains("host-token"), "{output:?}");
     assert!(output.stdout.lines().any(|line| line.starts_with("PATH=")), "{output:?}");
     assert!(output.stdout.lines().any(|line| line.starts_with("PYTHONUNBUFFERED=")), "{output:?}");
+    assert!(output.stdout.lines().any(|line| line == "TOWER_ENVIRONMENT=staging"), "{output:?}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub enum LoadError {
         /// The next step for the operator.
         hint: String,
     },
-    /// The file or its folder can be changed by other users.
+    /// The file or a folder above it can be changed by other users.
     #[error("refusing to load plugin {path}: {reason}")]
     Unsafe {
         /// The file.
@@ -139,7 +139,8 @@ pub fn load(path: &Path, sha256_pin: Option<&str>) -> Result<Arc<LoadedPlugin>, 
         }
     }
 
-    // The dynamic loader, then the contract version before anything else of the plugin runs.
+    // The dynamic loader (which runs the library's static constructors, if it has any), then the
+    // contract version before any other function of the plugin.
     let library = RawLibrary::load_at(&path).map_err(|error| LoadError::NotALibrary { path: path.clone(), message: library_message(error) })?;
     let api_version = {
         let symbol = unsafe { library.get::<extern "C" fn() -> ApiVersion>(API_VERSION_SYMBOL) };

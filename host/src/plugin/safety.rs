@@ -11,7 +11,7 @@ const GROUP_WRITE: u32 = 0o020;
 const OTHER_WRITE: u32 = 0o002;
 const STICKY: u32 = 0o1000;
 
-/// Checks the owner and mode of a plugin file and of the folder it sits in. Returns why the file
+/// Checks the owner and mode of a plugin file and of every folder above it. Returns why the file
 /// must not be loaded, with the command that fixes it.
 pub fn check_permissions(path: &Path) -> Result<(), String> {
     let file = std::fs::metadata(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
@@ -26,7 +26,17 @@ pub fn check_permissions(path: &Path) -> Result<(), String> {
         ));
     }
 
-    let folder = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // Every folder above the file: whoever can rename one of them can swap the file.
+    for folder in path.ancestors().skip(1).filter(|folder| !folder.as_os_str().is_empty()) {
+        check_folder(folder, me)?;
+    }
+    Ok(())
+}
+
+/// Checks one folder above a plugin file: owned by root or the current user, and writable by
+/// nobody else unless it is a sticky folder owned by root (such as `/tmp`), where only owners can
+/// rename or remove entries.
+fn check_folder(folder: &Path, me: u32) -> Result<(), String> {
     let folder_meta = std::fs::metadata(folder).map_err(|error| format!("cannot read folder {}: {error}", folder.display()))?;
     let sticky_root_folder = folder_meta.mode() & STICKY != 0 && folder_meta.uid() == 0;
     if folder_meta.mode() & (GROUP_WRITE | OTHER_WRITE) != 0 && !sticky_root_folder {
@@ -119,6 +129,20 @@ mod tests {
         let file = tempfile::Builder::new().prefix("libtower_plugin_").tempfile_in("/tmp").unwrap();
         set_mode(file.path(), 0o644);
         assert_eq!(check_permissions(file.path()), Ok(()));
+    }
+
+    #[test]
+    fn writable_ancestor_folder_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("plugins");
+        std::fs::create_dir(&nested).unwrap();
+        let file = nested.join("libtower_plugin_x.so");
+        std::fs::write(&file, b"x").unwrap();
+        set_mode(&file, 0o644);
+        set_mode(&nested, 0o755);
+        set_mode(dir.path(), 0o777);
+        let reason = check_permissions(&file).unwrap_err();
+        assert!(reason.starts_with(&format!("folder {} is writable", dir.path().display())), "{reason}");
     }
 
     #[test]

@@ -275,10 +275,14 @@ fn app_script(spec: &ExecutionSpec, workdir: &str, python: bool, invoke: &str) -
     script
 }
 
-/// The app's environment: parameters, extra env vars, secrets by reference, `PYTHONPATH` and
-/// `PYTHONUNBUFFERED`.
+/// The app's environment: `TOWER_ENVIRONMENT`, parameters, extra env vars, secrets by reference,
+/// `PYTHONPATH` and `PYTHONUNBUFFERED`.
 fn app_env(spec: &ExecutionSpec, names: &ObjectNames, manifest: &Manifest, workdir: &str) -> Vec<Value> {
     let mut env = Vec::new();
+    // The environment name, as the Tower CLI sets it; the spec's own variables may override it.
+    if !spec.environment.is_empty() {
+        env.push(json!({ "name": "TOWER_ENVIRONMENT", "value": spec.environment }));
+    }
     for pair in spec.parameters.iter().chain(spec.env.iter()) {
         env.push(json!({ "name": pair.key, "value": pair.value }));
     }

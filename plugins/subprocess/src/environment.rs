@@ -75,7 +75,8 @@ pub fn is_allowlisted(name: &OsStr, allowlist: &[String]) -> bool {
 
 impl Environment {
     /// Builds the environment of an app. Later steps override earlier ones. First come the
-    /// allowlisted host variables, then the spec's parameters, secrets and extra variables, then
+    /// allowlisted host variables, then `TOWER_ENVIRONMENT` (the spec's environment name, as the
+    /// Tower CLI sets it), then the spec's parameters, secrets and extra variables, then
     /// `PYTHONUNBUFFERED=1`. Last, `PYTHONPATH` is set to the entries already set, followed by
     /// the manifest's import paths and the working folder.
     pub fn for_app(
@@ -86,6 +87,9 @@ impl Environment {
         working_dir: &Path,
     ) -> Self {
         let mut environment = Self::from_host(host, allowlist);
+        if !spec.environment.is_empty() {
+            environment.set("TOWER_ENVIRONMENT", spec.environment.as_str());
+        }
         for (_, name, value) in spec_pairs(spec) {
             environment.set(name, value);
         }
