@@ -101,14 +101,14 @@ impl Shared {
 pub struct Transfer {
     /// The archive: the temp file that keeps it, and its path.
     pub archive: (tempfile::TempPath, PathBuf),
-    /// Whether the pod was adopted from an earlier create of the same execution, which may have
-    /// sent the package already; a failed transfer is then left to the pod's status to judge.
+    /// Whether the pod was adopted from an earlier create of the same execution. That create may
+    /// have sent the package already, so a failed transfer is left to the pod's status to judge.
     pub adopted: bool,
 }
 
-/// What the driver task needs besides the shared parts.
+/// The inputs of the driver task besides the shared parts.
 pub struct DriverInputs {
-    /// Where the events go.
+    /// The sink of the execution's events.
     pub events: EventSink,
     /// The package to send, or `None` when the pod needs none (a URL package, a recovered pod).
     pub transfer: Option<Transfer>,
@@ -245,7 +245,8 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
     };
     let status = shared.status_with(terminal, true);
     shared.set_status(status.clone());
-    // Done before the host hears of the end, so that a cleanup right after it sees the end.
+    // Set before the terminal status goes out, so that a cleanup called right after it finds the
+    // execution ended.
     let _ = done_sender.send(true);
     events.status(status);
 }

@@ -89,7 +89,7 @@ pub fn needs_secret(spec: &ExecutionSpec, package: &PackageInfo) -> bool {
     !spec.secrets.is_empty() || matches!(package.delivery, Delivery::Url(_))
 }
 
-/// Builds the Secret that holds the spec's secrets and the package URL; secret keys are
+/// Builds the Secret that contains the spec's secrets and the package URL. Secret keys are
 /// `secret-<index>`, because env var names may contain characters that Secret keys do not allow.
 pub fn secret(settings: &Settings, spec: &ExecutionSpec, names: &ObjectNames, package: &PackageInfo) -> Secret {
     let mut data = Map::new();
@@ -243,7 +243,7 @@ echo "unpacked the package ({size} bytes, sha256 {sha})"
     )
 }
 
-/// The setup script: a virtual environment, then `uv sync` or `uv pip install -r`.
+/// Returns the setup script: a virtual environment, then `uv sync` or `uv pip install -r`.
 fn setup_script(settings: &Settings, package: &PackageInfo, workdir: &str) -> String {
     let extra = settings.uv_args.iter().map(|arg| shell_quote(arg)).collect::<Vec<_>>().join(" ");
     let install = if package.has_pyproject {
@@ -275,7 +275,7 @@ fn app_script(spec: &ExecutionSpec, workdir: &str, python: bool, invoke: &str) -
     script
 }
 
-/// The app's environment: `TOWER_ENVIRONMENT`, parameters, extra env vars, secrets by reference,
+/// Returns the app's environment: `TOWER_ENVIRONMENT`, parameters, extra env vars, secrets by reference,
 /// `PYTHONPATH` and `PYTHONUNBUFFERED`.
 fn app_env(spec: &ExecutionSpec, names: &ObjectNames, manifest: &Manifest, workdir: &str) -> Vec<Value> {
     let mut env = Vec::new();
