@@ -197,7 +197,7 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
         if let Some(observation) = &observation {
             if observation.state.is_terminal() {
                 if let Some(stop) = stop {
-                    break ExecutionState::Cancelled { forced: stop.forced };
+                    break ExecutionState::Cancelled { forced: stop.forced || app_was_killed(&current) };
                 }
                 if current.pod.as_ref().is_some_and(deleted_before_app_ended) {
                     break deleted_outside(&shared);
@@ -211,7 +211,7 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
         }
         if current.gone {
             break match stop {
-                Some(stop) => ExecutionState::Cancelled { forced: stop.forced },
+                Some(stop) => ExecutionState::Cancelled { forced: stop.forced || app_was_killed(&current) },
                 None => deleted_outside(&shared),
             };
         }
@@ -249,6 +249,13 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
     // execution ended.
     let _ = done_sender.send(true);
     events.status(status);
+}
+
+/// Tells whether the app container ended by SIGKILL (exit code 137 or signal 9): after a
+/// terminate, that means the grace period ran out and the kubelet forced it.
+fn app_was_killed(view: &PodView) -> bool {
+    let terminated = view.container(APP_CONTAINER).and_then(|app| app.state.as_ref()).and_then(|state| state.terminated.as_ref());
+    terminated.is_some_and(|terminated| terminated.exit_code == 137 || terminated.signal == Some(9))
 }
 
 fn deleted_outside(shared: &Shared) -> ExecutionState {

@@ -17,8 +17,6 @@ use tokio::sync::watch;
 use tower_plugin_api::sdk::{EventSink, LogLine};
 use tower_plugin_api::{Channel, LogFlags, Stream, Timestamp};
 
-/// Longest line piece delivered as one record; longer lines are split and flagged.
-const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Lines of each container kept for the message of a failed init container.
 const TAIL_LINES: usize = 20;
 /// Failed log requests in a row before the follower gives up on a container.
@@ -185,72 +183,142 @@ impl LogFollower {
         }
     }
 
-    /// Reads one stream to its end and returns how many new lines it delivered.
+    /// Reads one stream to its end and returns how many new records it delivered.
+    ///
+    /// Container runtimes cut long lines into pieces (16 KiB for containerd and Docker), and the
+    /// log endpoint gives each piece its own timestamp, in the middle of the line. So the stream
+    /// is read piece by piece: a timestamp, then up to [`PIECE_BYTES`] of text up to a newline.
+    /// A piece that ends without a newline is flagged `SPLIT` when more follows, and
+    /// `NO_NEWLINE` when the stream ends there.
     async fn read(&self, reader: impl futures_util::AsyncBufRead + Unpin, container: &str, channel: Channel, cursor: &mut Cursor) -> usize {
         let mut reader = reader;
         let mut delivered = 0;
-        let mut line = Vec::new();
         let mut mid_line = false;
+        // Bytes of a character that the runtime cut in two, carried into the next piece.
+        let mut carry = Vec::new();
         loop {
-            line.clear();
-            let read = futures_util::AsyncReadExt::take(&mut reader, MAX_LINE_BYTES as u64).read_until(b'\n', &mut line).await;
-            match read {
-                Ok(0) => return delivered,
-                Ok(_) => {}
+            let mut piece = match read_piece(&mut reader).await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => return delivered,
                 Err(error) => {
                     tracing::debug!(pod = %self.pod, %container, %error, "log stream broke");
                     return delivered;
                 }
+            };
+            if !carry.is_empty() {
+                carry.append(&mut piece.text);
+                piece.text = std::mem::take(&mut carry);
             }
-            let complete = line.ends_with(b"\n");
-            if complete {
-                line.pop();
+            if !piece.complete && !piece.at_end {
+                carry = split_off_cut_character(&mut piece.text);
             }
             let continuation = mid_line;
-            mid_line = !complete;
-            let Some(record) = self.parse(&line, continuation, complete, channel, cursor) else { continue };
+            mid_line = !piece.complete;
+            let Some(record) = self.record(piece, continuation, channel, cursor) else { continue };
             self.tails.push(container, &record.line);
             delivered += 1;
             self.events.log(vec![record]).await;
         }
     }
 
-    /// Turns raw bytes into a record, or `None` for a repeated line.
-    fn parse(&self, bytes: &[u8], continuation: bool, complete: bool, channel: Channel, cursor: &mut Cursor) -> Option<LogLine> {
-        let text = String::from_utf8_lossy(bytes);
+    /// Turns a piece into a record, or `None` for a repeated one.
+    fn record(&self, piece: Piece, continuation: bool, channel: Channel, cursor: &mut Cursor) -> Option<LogLine> {
+        // A piece with a timestamp decides for itself; one without one follows its line's start.
+        match piece.timestamp {
+            Some(stamp) => cursor.dropping_line = !cursor.accept(stamp.unix_nanos),
+            None if !continuation => cursor.dropping_line = false,
+            None => {}
+        }
+        if cursor.dropping_line {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&piece.text);
         let mut flags = LogFlags::default();
         if matches!(text, std::borrow::Cow::Owned(_)) {
             flags |= LogFlags::INVALID_UTF8;
         }
-        if !complete {
-            flags |= LogFlags::SPLIT;
+        if !piece.complete {
+            flags |= if piece.at_end { LogFlags::NO_NEWLINE } else { LogFlags::SPLIT };
         }
-        let (timestamp, content) = if continuation {
-            (None, text.as_ref())
-        } else {
-            match text.split_once(' ') {
-                Some((stamp, rest)) => match Timestamp::parse_rfc3339(stamp) {
-                    Some(parsed) => (Some(parsed), rest),
-                    None => (None, text.as_ref()),
-                },
-                None => (Timestamp::parse_rfc3339(&text), ""),
-            }
-        };
-        if !continuation {
-            cursor.dropping_line = timestamp.is_some_and(|stamp| !cursor.accept(stamp.unix_nanos));
-        }
-        let dropped = cursor.dropping_line;
-        if complete {
-            cursor.dropping_line = false;
-        }
-        if dropped {
-            return None;
-        }
-        let mut record = LogLine::new(Stream::Stdout, channel, content.to_string());
+        let mut record = LogLine::new(Stream::Stdout, channel, text.into_owned());
         record.flags = flags;
-        record.timestamp = timestamp;
+        record.timestamp = piece.timestamp;
         Some(record)
     }
+}
+
+/// Removes and returns the bytes of a UTF-8 character cut off at the end of `text`, if any.
+fn split_off_cut_character(text: &mut Vec<u8>) -> Vec<u8> {
+    match std::str::from_utf8(text) {
+        // `error_len() == None` means the bytes at the end are the start of a valid character.
+        Err(error) if error.error_len().is_none() => text.split_off(error.valid_up_to()),
+        _ => Vec::new(),
+    }
+}
+
+/// Longest piece of text read as one record; runtimes cut lines at 16 KiB, so one runtime piece
+/// fits in one record.
+const PIECE_BYTES: u64 = 16 * 1024;
+/// Longest timestamp the log endpoint writes (`2006-01-02T15:04:05.999999999Z07:00`), with room.
+const MAX_TIMESTAMP_BYTES: u64 = 40;
+
+/// One piece of a log line as the endpoint sends it.
+struct Piece {
+    /// The piece's timestamp, when it starts with one.
+    timestamp: Option<Timestamp>,
+    /// The text, without the newline.
+    text: Vec<u8>,
+    /// Whether a newline ended the piece.
+    complete: bool,
+    /// Whether the stream ended right after the piece.
+    at_end: bool,
+}
+
+/// Reads the next piece: a timestamp and its space (when the piece has one), then text up to and
+/// including a newline, at most [`PIECE_BYTES`]. Returns `None` at the end of the stream.
+async fn read_piece(reader: &mut (impl futures_util::AsyncBufRead + Unpin)) -> std::io::Result<Option<Piece>> {
+    use futures_util::AsyncReadExt;
+
+    // The head: bytes up to the first space or newline, at most a timestamp's length.
+    let mut head = Vec::new();
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            break;
+        }
+        let room = MAX_TIMESTAMP_BYTES as usize - head.len();
+        let window = &buffer[..buffer.len().min(room)];
+        if let Some(end) = window.iter().position(|byte| *byte == b' ' || *byte == b'\n') {
+            head.extend_from_slice(&window[..=end]);
+            reader.consume_unpin(end + 1);
+            break;
+        }
+        let taken = window.len();
+        head.extend_from_slice(window);
+        reader.consume_unpin(taken);
+        if head.len() >= MAX_TIMESTAMP_BYTES as usize {
+            break;
+        }
+    }
+    if head.is_empty() {
+        return Ok(None);
+    }
+
+    let timestamp = head
+        .strip_suffix(b" ")
+        .and_then(|stamp| std::str::from_utf8(stamp).ok())
+        .and_then(Timestamp::parse_rfc3339);
+    let mut text = if timestamp.is_some() { Vec::new() } else { head };
+    if text.last() != Some(&b'\n') {
+        let room = PIECE_BYTES.saturating_sub(text.len() as u64);
+        (&mut *reader).take(room).read_until(b'\n', &mut text).await?;
+    }
+    if text.last() == Some(&b'\n') {
+        text.pop();
+        return Ok(Some(Piece { timestamp, text, complete: true, at_end: false }));
+    }
+    let at_end = reader.fill_buf().await?.is_empty();
+    Ok(Some(Piece { timestamp, text, complete: false, at_end }))
 }
 
 #[cfg(test)]
@@ -276,6 +344,21 @@ mod tests {
         let mut cursor = Cursor::default();
         cursor.accept(1_700_000_000_900_000_000);
         assert_eq!(cursor.since().unwrap().as_second(), 1_700_000_000);
+    }
+
+    #[test]
+    fn cut_character_moves_to_next_piece() {
+        let mut text = "ab\u{20AC}".as_bytes()[..4].to_vec();
+        let carried = split_off_cut_character(&mut text);
+        assert_eq!(text, b"ab");
+        assert_eq!(carried, vec![0xE2, 0x82]);
+    }
+
+    #[test]
+    fn whole_characters_stay() {
+        let mut text = "ab\u{20AC}".as_bytes().to_vec();
+        assert!(split_off_cut_character(&mut text).is_empty());
+        assert_eq!(text, "ab\u{20AC}".as_bytes());
     }
 
     #[test]

@@ -69,9 +69,13 @@ impl Reporter {
             status = status.ended(Some(Timestamp::now()));
         }
         status.metadata = self.metadata.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect();
+        // Saved before it is delivered, so that `status()` right after the host hears of it agrees.
+        if self.events.has_ended() {
+            return;
+        }
+        self.cell.set(status.clone());
         if self.events.status(status.clone()) {
             tracing::debug!(state = status.name(), "reported status");
-            self.cell.set(status);
         }
     }
 
