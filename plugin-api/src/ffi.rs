@@ -97,6 +97,16 @@ pub trait ExecutionFfi: Send + Sync + 'static {
     /// after the end; idempotent. Blocks until done.
     #[sabi(last_prefix_field)]
     fn cleanup(&self) -> RResult<(), PluginError>;
+
+    /// Sends a Unix signal (such as 10 for SIGUSR1) to the workload's processes, without
+    /// changing the execution's status. Returns at once. Added in plugin API 1.1: for a plugin
+    /// built against 1.0, whose table of methods ends before it, this default body runs in the
+    /// host and reports `unsupported`.
+    fn signal(&self, signal: i32) -> RResult<(), PluginError> {
+        RResult::RErr(PluginError::unsupported(format!(
+            "cannot send signal {signal}: the plugin was built against plugin API 1.0, which has no `signal`"
+        )))
+    }
 }
 
 /// Severity of a forwarded tracing event, as `tracing::Level` orders them.

@@ -23,6 +23,11 @@
 //! methods at the end of a trait (old plugins answer them as unsupported), variants to the
 //! non-exhaustive enums, and flags; anything else is a major version.
 //!
+//! | Version | Added |
+//! |---|---|
+//! | 1.0 | the contract |
+//! | 1.1 | `ExecutionFfi::signal` (`sdk::Execution::signal`) |
+//!
 //! [`StableAbi`]: abi_stable::StableAbi
 #![deny(missing_docs)]
 

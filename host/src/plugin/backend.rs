@@ -163,6 +163,12 @@ impl Execution {
         let ffi = Arc::clone(&self.ffi);
         call(&self.plugin, &format!("clean up `{}`", self.run_id), move || ffi.cleanup()).await
     }
+
+    /// Sends a Unix signal to the workload; `unsupported` for plugins built against API 1.0.
+    pub async fn signal(&self, signal: i32) -> Result<(), PluginCallError> {
+        let ffi = Arc::clone(&self.ffi);
+        call(&self.plugin, &format!("send signal {signal} to `{}`", self.run_id), move || ffi.signal(signal)).await
+    }
 }
 
 /// The events of one execution, ending with exactly one terminal status.

@@ -3,7 +3,9 @@
 //! destructors registered by their code may still run at thread exit.
 
 use super::safety;
+use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
+use abi_stable::StableAbi;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tower_plugin_api::{
@@ -160,10 +162,26 @@ pub fn load(path: &Path, sha256_pin: Option<&str>) -> Result<Arc<LoadedPlugin>, 
     let header = unsafe { lib_header_from_raw_library(&library) }.map_err(|_| {
         not_a_plugin(&path, abi_stable::library::ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes())
     })?;
-    let module = header.init_root_module::<PluginModuleRef>().map_err(|error| match error {
-        LibraryError::AbiInstability(details) => LoadError::Layout { path: path.clone(), host: API_VERSION, details: details.to_string() },
+    let layout_error = |details: String| LoadError::Layout { path: path.clone(), host: API_VERSION, details };
+    let init_error = |error: LibraryError| match error {
+        LibraryError::AbiInstability(details) => layout_error(details.to_string()),
         other => LoadError::Init { path: path.clone(), message: other.to_string() },
-    })?;
+    };
+    let module = if api_version.minor == API_VERSION.minor {
+        header.init_root_module::<PluginModuleRef>().map_err(init_error)?
+    } else {
+        // abi_stable accepts a library whose prefix types (vtables, the root module) have more
+        // fields than the host's, not fewer, so it refuses a plugin of an older minor version,
+        // whose types lack what later minors appended. The same check with the two sides swapped
+        // accepts exactly that difference and still compares every field both sides have.
+        let library_layout = header.layout().ok_or_else(|| layout_error("the library does not carry its layout".to_string()))?;
+        check_layout_compatibility(library_layout, <PluginModuleRef as StableAbi>::LAYOUT)
+            .map_err(|errors| layout_error(errors.to_string()))?;
+        // SAFETY: the layouts were compared just above: every field of the plugin's types matches
+        // the host's, and the host's extra trailing fields are reached only through accessors
+        // that check the plugin's field count first.
+        unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }.map_err(init_error)?
+    };
     std::mem::forget(library);
 
     Ok(Arc::new(LoadedPlugin {

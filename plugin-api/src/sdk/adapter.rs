@@ -175,4 +175,8 @@ impl<E: Execution> ExecutionFfi for ExecutionAdapter<E> {
     fn cleanup(&self) -> RResult<(), PluginError> {
         guard(|| self.runtime.block_on(self.execution.cleanup()))
     }
+
+    fn signal(&self, signal: i32) -> RResult<(), PluginError> {
+        guard(|| self.runtime.block_on(self.execution.signal(signal)))
+    }
 }

@@ -105,6 +105,12 @@ pub trait Execution: Send + Sync + 'static {
 
     /// Removes everything the execution created. Valid after the end; idempotent.
     fn cleanup(&self) -> impl Future<Output = Result<(), PluginError>>;
+
+    /// Sends a Unix signal to the workload's processes. The default reports
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind). Added in plugin API 1.1.
+    fn signal(&self, signal: i32) -> impl Future<Output = Result<(), PluginError>> {
+        async move { Err(PluginError::unsupported(format!("cannot send signal {signal}: this backend does not support signals"))) }
+    }
 }
 
 /// Parses plugin settings from JSON into `T`, naming the key path of the first error.
