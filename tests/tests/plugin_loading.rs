@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use tower_host_tests::*;
+use tower_plugin_api::API_VERSION;
 
 const HOST_FAILURE: i32 = 70;
 const USAGE: i32 = 64;
@@ -16,7 +17,8 @@ fn config_check_accepts_well_behaved_plugin() {
     let config = TestConfig::new(&fixture_plugin("scripted"), "");
     let output = check(&config);
     assert_eq!(output.code, Some(0), "{output:?}");
-    assert!(output.stdout.contains("plugin scripted 0.1.0 (plugin API 1.0.0)"), "{output:?}");
+    let expected = format!("plugin scripted 0.1.0 (plugin API {API_VERSION})");
+    assert!(output.stdout.contains(&expected), "{output:?}");
     assert!(output.stdout.contains("health: healthy"), "{output:?}");
 }
 
@@ -28,8 +30,8 @@ fn other_major_version_is_refused_naming_both_versions() {
     assert_eq!(output.code, Some(HOST_FAILURE), "{output:?}");
     assert!(output.stderr.contains(&plugin.display().to_string()), "{output:?}");
     assert!(output.stderr.contains("built against plugin API 2.0.0"), "{output:?}");
-    assert!(output.stderr.contains("plugin API 1.0.0"), "{output:?}");
-    assert!(output.stderr.contains("1.0.0 up to 1.0.x"), "{output:?}");
+    assert!(output.stderr.contains(&format!("this host (plugin API {API_VERSION})")), "{output:?}");
+    assert!(output.stderr.contains(&format!("1.0.0 up to 1.{}.x", API_VERSION.minor)), "{output:?}");
 }
 
 #[test]
@@ -159,7 +161,7 @@ fn plugins_list_reports_every_plugin_and_every_problem() {
     let output = capture(host(Some(&config.path)).args(["plugins", "list"]));
     assert_eq!(output.code, Some(HOST_FAILURE), "{output:?}");
     let scripted = output.stdout.lines().find(|line| line.starts_with("scripted ")).expect("scripted is listed");
-    assert!(scripted.contains("0.1.0") && scripted.contains("1.0.0") && scripted.contains(" ok "), "{output:?}");
+    assert!(scripted.contains("0.1.0") && scripted.contains(&API_VERSION.to_string()) && scripted.contains(" ok "), "{output:?}");
     assert!(output.stdout.contains("built against plugin API 2.0.0"), "{output:?}");
     assert!(output.stdout.contains("is a library but not a tower-host plugin"), "{output:?}");
     assert!(output.stdout.contains("libtower_plugin_text.so"), "{output:?}");

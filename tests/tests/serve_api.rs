@@ -470,7 +470,7 @@ fn health_and_backend_report_the_plugin() {
     assert_eq!(health.json()["backend"]["message"], "the scripted backend runs nothing");
     let backend = host.client.get("/v1/backend").json();
     assert_eq!(backend["plugin"]["name"], "scripted");
-    assert_eq!(backend["plugin"]["api_version"], "1.0.0");
+    assert_eq!(backend["plugin"]["api_version"], tower_plugin_api::API_VERSION.to_string());
     assert_eq!(backend["capabilities"]["backend"], "scripted");
     assert_eq!(backend["limits"]["max_package_bytes"], 50 * 1024 * 1024);
 }
