@@ -41,11 +41,14 @@ fn template_plugin_conforms() {
     if skip_unless(wheels.is_some(), "tests/wheels has no wheels") {
         return;
     }
+    let wheels = wheels.unwrap();
+    // The sandbox mounts an empty /tmp, which hides a checkout under /tmp and its wheels folder, so
+    // the wheels are bound in too.
     let settings = serde_json::json!({
         "work_dir": tmpdir.join("work"),
-        "writable_paths": [&tmpdir],
+        "writable_paths": [&tmpdir, &wheels],
         "uv": uv.unwrap(),
-        "uv_args": ["--offline", "--no-index", "--find-links", wheels.unwrap()],
+        "uv_args": ["--offline", "--no-index", "--find-links", wheels],
     });
 
     let report = tower_conformance::run_blocking(&shipped_plugin("bubblewrap"), &settings.to_string(), &[]).unwrap();
