@@ -41,8 +41,9 @@ pub trait EventSinkFfi: Clone + Send + Sync + 'static {
     /// workload's output instead of growing memory; never blocks for any other reason.
     fn logs(&self, records: RVec<LogRecord>);
 
-    /// Delivers a status transition. After a terminal status the host ignores further events.
-    /// Returns at once.
+    /// Delivers a status transition, in order with the log records. After a terminal status the
+    /// host ignores further events. Blocks only while the host's queue of events is full, as
+    /// `logs` does, so that a status never overtakes the records before it.
     #[sabi(last_prefix_field)]
     fn status(&self, status: ExecutionStatus);
 }
