@@ -1,4 +1,4 @@
-//! What a backend can do, its health, and service endpoints.
+//! Backend capabilities, health, and service endpoints.
 
 use crate::KeyValue;
 use abi_stable::{
@@ -7,7 +7,7 @@ use abi_stable::{
 };
 use serde::{Deserialize, Serialize};
 
-/// What a backend supports, as reported by the loaded instance (after reading its settings and
+/// The features of a backend, as reported by the loaded instance (after reading its settings and
 /// probing the machine).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,9 +26,9 @@ pub struct Capabilities {
     pub recovery: bool,
     /// Whether stdout and stderr arrive merged as [`Stream::Stdout`](crate::Stream::Stdout).
     pub merged_streams: bool,
-    /// The most executions that may run at once, if the backend caps them.
+    /// The maximum number of executions that may run at once, if the backend caps them.
     pub max_concurrent_executions: ROption<u32>,
-    /// Which resource limits this instance enforces on this machine.
+    /// The resource limits this instance enforces on this machine.
     pub enforced_limits: EnforcedLimits,
     /// Start latency, only where it was measured; see [`StartLatency::method`].
     pub start_latency: ROption<StartLatency>,

@@ -40,7 +40,7 @@ pub enum SetupPhaseKind {
 pub type SetupPhase = SetupPhaseKind_NE;
 
 impl SetupPhaseKind {
-    /// The machine-readable name, for example `installing_dependencies`.
+    /// Returns the machine-readable name, for example `installing_dependencies`.
     pub fn as_str(self) -> &'static str {
         match self {
             SetupPhaseKind::Queued => "queued",
@@ -66,7 +66,7 @@ impl SetupPhaseKind {
     ];
 }
 
-/// Which side of the execution a failure came from.
+/// The side of the execution a failure came from.
 #[non_exhaustive]
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,7 +82,7 @@ pub enum FailureStageKind {
 pub type FailureStage = FailureStageKind_NE;
 
 impl FailureStageKind {
-    /// The machine-readable name: `setup` or `platform`.
+    /// Returns the machine-readable name: `setup` or `platform`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureStageKind::Setup => "setup",
@@ -128,18 +128,18 @@ pub enum ExecutionState {
     },
     /// A failure before or around the app's program. Terminal.
     Failed {
-        /// What kind of failure.
+        /// The kind of failure.
         code: ErrorCode,
         /// Whether setup or the platform failed.
         stage: FailureStage,
-        /// What failed, with the platform's own message.
+        /// The failure, with the platform's own message.
         message: RString,
         /// Whether running the same spec again could succeed.
         retryable: bool,
     },
     /// The backend can no longer see the workload; its outcome is unknown. Terminal.
     Lost {
-        /// Why the backend lost track of it.
+        /// The reason the backend lost track of it.
         message: RString,
     },
 }
@@ -180,7 +180,7 @@ impl ExecutionState {
         !matches!(self, ExecutionState::Preparing { .. } | ExecutionState::Running)
     }
 
-    /// The machine-readable name: `preparing`, `running`, `exited`, `crashed`, `cancelled`,
+    /// Returns the machine-readable name: `preparing`, `running`, `exited`, `crashed`, `cancelled`,
     /// `timed_out`, `failed` or `lost`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -227,7 +227,8 @@ impl ExecutionStatus {
         self.state().is_none_or(ExecutionState::is_terminal)
     }
 
-    /// The machine-readable name of the state; `unknown` for a state this build does not know.
+    /// Returns the machine-readable name of the state, or `unknown` for a state this build does
+    /// not know.
     pub fn name(&self) -> &'static str {
         self.state().map_or("unknown", ExecutionState::name)
     }
