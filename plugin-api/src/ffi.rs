@@ -5,7 +5,7 @@
 //!
 //! Every method may be called from any host thread, and several at once. Methods block the
 //! calling thread, so the host calls them off its async runtime. New methods are added after the
-//! method marked `last_prefix_field`, with a default body; a plugin built against an older minor
+//! method marked `last_prefix_field`, with a default body. A plugin built against an older minor
 //! version runs that default, which reports [`ErrorKind::Unsupported`](crate::ErrorKind).
 
 use crate::{
@@ -21,13 +21,13 @@ use abi_stable::{
     StableAbi,
 };
 
-/// The event sink as the plugin sees it: a trait object implemented by the host.
+/// The event sink handed to the plugin: a trait object implemented by the host.
 pub type EventSinkBox = EventSinkFfi_TO<RBox<()>>;
-/// A backend instance as the host sees it.
+/// A backend instance, as the host holds it.
 pub type BackendBox = BackendFfi_TO<RBox<()>>;
-/// An execution handle as the host sees it.
+/// An execution handle, as the host holds it.
 pub type ExecutionBox = ExecutionFfi_TO<RBox<()>>;
-/// The tracing sink as the plugin sees it.
+/// The tracing sink handed to the plugin.
 pub type TracingSinkBox = TracingSinkFfi_TO<RBox<()>>;
 
 /// Receives the events of one execution, pushed by the plugin.
@@ -37,8 +37,8 @@ pub type TracingSinkBox = TracingSinkFfi_TO<RBox<()>>;
 /// panicked drops its copy on the way out.
 #[sabi_trait]
 pub trait EventSinkFfi: Clone + Send + Sync + 'static {
-    /// Delivers log records, in order. Blocks while the host's buffer is full, which slows the
-    /// workload's output instead of growing memory; never blocks for any other reason.
+    /// Delivers log records, in order. Blocks only while the host's buffer is full, which slows
+    /// the workload's output instead of growing memory.
     fn logs(&self, records: RVec<LogRecord>);
 
     /// Delivers a status transition, in order with the log records. After a terminal status the
@@ -54,12 +54,12 @@ pub trait BackendFfi: Send + Sync + 'static {
     /// Returns the capabilities of this instance. Returns at once.
     fn capabilities(&self) -> RResult<Capabilities, PluginError>;
 
-    /// Probes whether the backend can take executions (the API server answers, the work folder
+    /// Probes whether the backend can take executions (the API server responds, the work folder
     /// is writable). Blocks for the probe, which the plugin bounds to a few seconds.
     fn health(&self) -> Health;
 
     /// Creates an execution. Returns once the backend accepted it (the package is verified and
-    /// the workload is being set up), not when the app starts; everything after that arrives
+    /// the workload is being set up), not when the app starts. Everything after that arrives
     /// through `events`. Not idempotent: a second call with the same run id is an error unless
     /// the backend documents otherwise.
     fn create(&self, spec: ExecutionSpec, events: EventSinkBox) -> RResult<ExecutionBox, PluginError>;

@@ -19,7 +19,7 @@ use tower_plugin_api::{
 /// How many event batches the host buffers per execution before the plugin's `logs` call blocks.
 const EVENT_BUFFER: usize = 256;
 /// How many bytes of log records the host buffers per execution before the plugin's `logs` call
-/// blocks; one batch larger than this still passes when nothing else is buffered.
+/// blocks. One batch larger than this still passes when nothing else is buffered.
 const LOG_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// Bytes counted for a record besides its text: its fixed fields and its allocation.
 const RECORD_OVERHEAD_BYTES: usize = 64;
@@ -264,7 +264,7 @@ struct ByteBudget {
 #[derive(Default)]
 struct BudgetState {
     used: usize,
-    /// Set once nobody consumes any more; waiting senders then go on at once.
+    /// Set once the consumer is gone, so waiting senders go on at once.
     closed: bool,
 }
 

@@ -52,7 +52,7 @@ impl Tails {
     }
 }
 
-/// Where the follower is in one container's log.
+/// The follower's position in one container's log.
 #[derive(Debug, Default)]
 struct Cursor {
     /// Timestamp (ns since the epoch) of the last line delivered.
@@ -93,7 +93,7 @@ impl Cursor {
         }
     }
 
-    /// The `sinceTime` of the next request: the last timestamp rounded down to a second.
+    /// Returns the `sinceTime` of the next request: the last timestamp rounded down to a second.
     fn since(&self) -> Option<jiff::Timestamp> {
         let seconds = self.last?.div_euclid(1_000_000_000);
         jiff::Timestamp::from_second(seconds).ok()
@@ -110,7 +110,7 @@ pub struct LogFollower {
     pub containers: Vec<(String, Channel)>,
     /// The pod as the watch last saw it.
     pub view: watch::Receiver<PodView>,
-    /// Where the lines go.
+    /// The sink of the lines.
     pub events: EventSink,
     /// Last lines per container.
     pub tails: Tails,
@@ -256,10 +256,10 @@ fn split_off_cut_character(text: &mut Vec<u8>) -> Vec<u8> {
     }
 }
 
-/// Longest piece of text read as one record; runtimes cut lines at 16 KiB, so one runtime piece
+/// Maximum bytes of text read as one record; runtimes cut lines at 16 KiB, so one runtime piece
 /// fits in one record.
 const PIECE_BYTES: u64 = 16 * 1024;
-/// Longest timestamp the log endpoint writes (`2006-01-02T15:04:05.999999999Z07:00`), with room.
+/// Maximum length of a timestamp the log endpoint writes (`2006-01-02T15:04:05.999999999Z07:00`), with room.
 const MAX_TIMESTAMP_BYTES: u64 = 40;
 
 /// One piece of a log line as the endpoint sends it.
