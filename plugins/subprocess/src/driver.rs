@@ -262,7 +262,7 @@ impl Driver {
     /// kills what remains of its process group and cgroup, and waits for both pipes to close.
     async fn supervise(&self, spawned: Spawned, channel: Channel, timeout: Option<Duration>) -> Result<ExitStatus, Ended> {
         let Spawned { mut child, stdout, stderr, .. } = spawned;
-        let readers = [self.spawn_reader(stdout, Stream::Stdout, channel), self.spawn_reader(stderr, Stream::Stderr, channel)];
+        let readers = self.spawn_readers(stdout, stderr, channel);
 
         let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
         let mut timed_out = false;
@@ -283,26 +283,38 @@ impl Driver {
         waited.map_err(|error| ExecutionState::lost(format!("failed to wait for the process: {error}")))
     }
 
-    fn spawn_reader<R>(&self, reader: R, stream: Stream, channel: Channel) -> JoinHandle<()>
+    fn spawn_readers<O, E>(&self, stdout: O, stderr: E, channel: Channel) -> Readers
     where
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        O: tokio::io::AsyncRead + Unpin + Send + 'static,
+        E: tokio::io::AsyncRead + Unpin + Send + 'static,
     {
-        let splitter = LineSplitter::new(stream, channel, self.backend.settings.max_line_bytes);
+        let max_line_bytes = self.backend.settings.max_line_bytes;
+        let stdout = (stdout, LineSplitter::new(Stream::Stdout, channel, max_line_bytes));
+        let stderr = (stderr, LineSplitter::new(Stream::Stderr, channel, max_line_bytes));
         let events = self.reporter.events().clone();
-        tokio::spawn(forward_output(reader, splitter, events).in_current_span())
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(forward_output(stdout, stderr, events, stopped).in_current_span());
+        Readers { task, stop }
     }
 
-    /// Waits for the readers to reach end of file, up to the drain timeout in total.
-    async fn drain(&self, readers: [JoinHandle<()>; 2]) {
-        let deadline = tokio::time::Instant::now() + self.backend.settings.drain_timeout();
-        for mut reader in readers {
-            if tokio::time::timeout_at(deadline, &mut reader).await.is_err() {
-                tracing::warn!(
-                    drain_timeout_seconds = self.backend.settings.drain_timeout_seconds,
-                    "output pipes stayed open after the program's processes were killed; output after this point is lost"
-                );
-                reader.abort();
-            }
+    /// Waits for the pipes to reach end of file, up to the drain timeout. Past it, the reader
+    /// delivers what it has read and stops.
+    async fn drain(&self, readers: Readers) {
+        let Readers { mut task, stop } = readers;
+        let timeout = self.backend.settings.drain_timeout();
+        if tokio::time::timeout(timeout, &mut task).await.is_ok() {
+            return;
+        }
+        tracing::warn!(
+            drain_timeout_seconds = self.backend.settings.drain_timeout_seconds,
+            "output pipes stayed open after the program's processes were killed; output after this point is lost"
+        );
+        let _ = stop.send(());
+        // The reader stops at once unless the host's buffer is full; it gets one more drain
+        // timeout to hand over its last batch.
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            tracing::warn!("the output reader did not stop; its last lines are lost");
+            task.abort();
         }
     }
 
@@ -323,6 +335,12 @@ impl Driver {
         let line = LogLine::new(Stream::Stdout, Channel::Setup, format!("tower-host: {line}"));
         self.reporter.events().log(vec![line]).await;
     }
+}
+
+/// The task that reads a process's output, and the way to stop it.
+struct Readers {
+    task: JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -1,6 +1,8 @@
-//! Reading a process's stdout or stderr into log records: bytes are read in chunks, split on
-//! `\n`, and each chunk's complete lines go to the event sink in one call.
+//! Reading a process's stdout and stderr into log records: bytes are read in chunks, split on
+//! `\n`, and the lines of both streams go to the event sink in batches, in the order they were
+//! read.
 
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tower_plugin_api::sdk::{EventSink, LogLine};
 use tower_plugin_api::{Channel, LogFlags, Stream, Timestamp};
@@ -30,15 +32,54 @@ impl LineSplitter {
     }
 
     /// Appends a chunk of output and moves every finished line or piece to `out`.
+    ///
+    /// The lines that the chunk completes are checked for UTF-8 in one pass. When they are valid,
+    /// the common case, each short line becomes a record by one copy of its bytes.
     pub fn push(&mut self, chunk: &[u8], timestamp: Timestamp, out: &mut Vec<LogLine>) {
         let mut rest = chunk;
-        while let Some(newline) = rest.iter().position(|&byte| byte == b'\n') {
+        if !self.partial.is_empty() {
+            let Some(newline) = memchr::memchr(b'\n', rest) else {
+                self.append(rest, timestamp, out);
+                return;
+            };
             self.append(&rest[..newline], timestamp, out);
-            let line = std::mem::take(&mut self.partial);
-            out.push(self.record(&line, LogFlags::default(), timestamp));
+            self.end_line(timestamp, out);
             rest = &rest[newline + 1..];
         }
-        self.append(rest, timestamp, out);
+        // Here `rest` starts a line, and the lines up to its last newline are complete.
+        let Some(last_newline) = memchr::memrchr(b'\n', rest) else {
+            self.append(rest, timestamp, out);
+            return;
+        };
+        let complete = &rest[..=last_newline];
+        match std::str::from_utf8(complete) {
+            Ok(text) => {
+                let mut start = 0;
+                for newline in memchr::memchr_iter(b'\n', complete) {
+                    let line = &text[start..newline];
+                    start = newline + 1;
+                    if line.len() <= self.max_line_bytes {
+                        out.push(self.line(line.to_owned(), LogFlags::default(), timestamp));
+                    } else {
+                        self.append(line.as_bytes(), timestamp, out);
+                        self.end_line(timestamp, out);
+                    }
+                }
+            }
+            Err(_) => {
+                for line in complete[..last_newline].split(|&byte| byte == b'\n') {
+                    self.append(line, timestamp, out);
+                    self.end_line(timestamp, out);
+                }
+            }
+        }
+        self.append(&rest[last_newline + 1..], timestamp, out);
+    }
+
+    /// Delivers the unfinished line as a finished one: its newline arrived.
+    fn end_line(&mut self, timestamp: Timestamp, out: &mut Vec<LogLine>) {
+        let line = std::mem::take(&mut self.partial);
+        out.push(self.record(&line, LogFlags::default(), timestamp));
     }
 
     /// Delivers what is left after end of file: a last line without a newline, flagged
@@ -61,14 +102,19 @@ impl LineSplitter {
         }
     }
 
+    /// Makes a record of bytes that may not be UTF-8.
     fn record(&self, bytes: &[u8], mut flags: LogFlags, timestamp: Timestamp) -> LogLine {
         let line = match String::from_utf8_lossy(bytes) {
-            std::borrow::Cow::Borrowed(text) => text.to_string(),
+            std::borrow::Cow::Borrowed(text) => text.to_owned(),
             std::borrow::Cow::Owned(replaced) => {
                 flags |= LogFlags::INVALID_UTF8;
                 replaced
             }
         };
+        self.line(line, flags, timestamp)
+    }
+
+    fn line(&self, line: String, flags: LogFlags, timestamp: Timestamp) -> LogLine {
         LogLine { stream: self.stream, channel: self.channel, line, flags, timestamp: Some(timestamp) }
     }
 }
@@ -95,28 +141,136 @@ fn utf8_boundary_before(bytes: &[u8], max: usize) -> usize {
     max
 }
 
-/// Reads `reader` until end of file or a read error and delivers its lines to `events`.
-/// Lines of one read go to the sink in one call, which blocks while the host's buffer is full.
-pub async fn forward_output<R: AsyncRead + Unpin>(mut reader: R, mut splitter: LineSplitter, events: EventSink) {
-    let mut buffer = vec![0u8; READ_CHUNK_BYTES];
-    let mut lines = Vec::new();
-    loop {
-        let read = match reader.read(&mut buffer).await {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) => {
-                tracing::warn!(stream = ?splitter.stream, %error, "failed to read process output; the rest of this stream is lost");
-                break;
+/// Bytes of finished lines at which a batch goes to the sink without waiting.
+const BATCH_BYTES: usize = 64 * 1024;
+/// How long finished lines wait for more output before they go to the sink. Without the wait,
+/// a program that writes a little at a time (a 4 KiB stdio buffer, say) costs one sink call
+/// per write. With it, a flood of output costs one call per [`BATCH_BYTES`].
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+
+/// One output pipe of a process and the state of its reading.
+struct Pipe<R> {
+    reader: R,
+    splitter: LineSplitter,
+    buffer: Vec<u8>,
+    open: bool,
+}
+
+impl<R: AsyncRead + Unpin> Pipe<R> {
+    fn new(reader: R, splitter: LineSplitter) -> Self {
+        Self { reader, splitter, buffer: vec![0; READ_CHUNK_BYTES], open: true }
+    }
+
+    /// Reads once. Cancel safe: a read that did not finish consumed nothing.
+    async fn read(&mut self) -> std::io::Result<usize> {
+        self.reader.read(&mut self.buffer).await
+    }
+
+    /// Splits what the last read returned, or closes the pipe on end of file or an error.
+    fn take(&mut self, read: std::io::Result<usize>, batch: &mut Batch) {
+        match read {
+            Ok(0) => self.close(batch),
+            Ok(count) => {
+                let before = batch.lines.len();
+                self.splitter.push(&self.buffer[..count], Timestamp::now(), &mut batch.lines);
+                batch.count_from(before);
             }
-        };
-        splitter.push(&buffer[..read], Timestamp::now(), &mut lines);
-        if !lines.is_empty() {
-            events.log(std::mem::take(&mut lines)).await;
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                tracing::warn!(stream = ?self.splitter.stream, %error, "failed to read process output; the rest of this stream is lost");
+                self.close(batch);
+            }
         }
     }
-    splitter.finish(Timestamp::now(), &mut lines);
-    events.log(lines).await;
+
+    fn close(&mut self, batch: &mut Batch) {
+        self.open = false;
+        let before = batch.lines.len();
+        self.splitter.finish(Timestamp::now(), &mut batch.lines);
+        batch.count_from(before);
+    }
+}
+
+/// Finished lines of both pipes, in the order they were read, waiting for one sink call.
+#[derive(Default)]
+struct Batch {
+    lines: Vec<LogLine>,
+    bytes: usize,
+    /// When the batch must go out even if it is small.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Batch {
+    /// Counts the lines added since index `before`, and starts the linger clock of a new batch.
+    fn count_from(&mut self, before: usize) {
+        self.bytes += self.lines[before..].iter().map(|line| line.line.len()).sum::<usize>();
+        if self.deadline.is_none() && !self.lines.is_empty() {
+            self.deadline = Some(tokio::time::Instant::now() + BATCH_LINGER);
+        }
+    }
+
+    async fn deliver(&mut self, events: &EventSink) {
+        self.bytes = 0;
+        self.deadline = None;
+        if !self.lines.is_empty() {
+            // The next batch is likely as long as this one: reserving it up front saves the
+            // reallocations of a growing vector.
+            let next = Vec::with_capacity(self.lines.len());
+            events.log(std::mem::replace(&mut self.lines, next)).await;
+        }
+    }
+}
+
+/// Reads a process's stdout and stderr until both reach end of file, or until `stop` fires,
+/// and delivers their lines to `events` in the order they were read.
+///
+/// Lines go to the sink in batches: at [`BATCH_BYTES`], [`BATCH_LINGER`] after the first line
+/// of a batch was read, at end of file and at `stop`. A sink call blocks while the host's
+/// buffer is full, which stops the reading and, once the pipes fill, the program.
+pub async fn forward_output<O, E>(
+    stdout: (O, LineSplitter),
+    stderr: (E, LineSplitter),
+    events: EventSink,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) where
+    O: AsyncRead + Unpin,
+    E: AsyncRead + Unpin,
+{
+    let mut stdout = Pipe::new(stdout.0, stdout.1);
+    let mut stderr = Pipe::new(stderr.0, stderr.1);
+    let mut batch = Batch::default();
+    let mut stopping = false;
+    let mut stop_dropped = false;
+    while (stdout.open || stderr.open) && !stopping {
+        // Unbiased: tokio polls the branches in a random order, so a flood on one pipe cannot
+        // hold back the other.
+        tokio::select! {
+            read = stdout.read(), if stdout.open => stdout.take(read, &mut batch),
+            read = stderr.read(), if stderr.open => stderr.take(read, &mut batch),
+            () = sleep_until(batch.deadline), if batch.deadline.is_some() => batch.deliver(&events).await,
+            // A dropped sender is no request to stop; the pipes still end the reading.
+            sent = &mut stop, if !stop_dropped => match sent {
+                Ok(()) => stopping = true,
+                Err(_) => stop_dropped = true,
+            },
+        }
+        if batch.bytes >= BATCH_BYTES {
+            batch.deliver(&events).await;
+        }
+    }
+    for pipe in [&mut stdout.splitter, &mut stderr.splitter] {
+        let before = batch.lines.len();
+        pipe.finish(Timestamp::now(), &mut batch.lines);
+        batch.count_from(before);
+    }
+    batch.deliver(&events).await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
@@ -202,10 +356,195 @@ mod tests {
         assert!(out.iter().all(|line| line.flags == LogFlags::SPLIT && line.line.len() == 16));
     }
 
+    /// Splits `input` byte by byte, with none of the splitter's shortcuts.
+    fn split_byte_by_byte(max: usize, input: &[u8]) -> Vec<(String, LogFlags)> {
+        let mut splitter = LineSplitter::new(Stream::Stdout, Channel::Program, max);
+        let mut out = Vec::new();
+        for &byte in input {
+            if byte == b'\n' {
+                splitter.end_line(NOW, &mut out);
+            } else {
+                splitter.append(&[byte], NOW, &mut out);
+            }
+        }
+        splitter.finish(NOW, &mut out);
+        out.into_iter().map(|line| (line.line, line.flags)).collect()
+    }
+
+    #[test]
+    fn chunking_keeps_records() {
+        // Short and long lines, multi-byte characters, invalid bytes and empty lines, cut into
+        // chunks at pseudo-random places (xorshift, fixed seed).
+        let pieces: [&[u8]; 7] = [b"short", "d\u{e9}j\u{e0} \u{20ac}".as_bytes(), b"\xff\xfe", b"", b"a line longer than sixteen bytes", b"\xe2\x82", b"x"];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for round in 0..200 {
+            let mut input = Vec::new();
+            for _ in 0..next(40) {
+                input.extend_from_slice(pieces[next(pieces.len())]);
+                if next(3) > 0 {
+                    input.push(b'\n');
+                }
+            }
+            let max = 4 + next(20);
+            let expected = split_byte_by_byte(max, &input);
+            let mut chunks = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let (chunk, after) = rest.split_at(1 + next(rest.len().min(50)));
+                chunks.push(chunk);
+                rest = after;
+            }
+            assert_eq!(split(max, &chunks), expected, "round {round}, max {max}, input {input:?}");
+            assert_eq!(split(max, &[&input]), expected, "round {round}, max {max}, one chunk");
+        }
+    }
+
     #[test]
     fn boundary_of_invalid_bytes_is_the_maximum() {
         assert_eq!(utf8_boundary_before(&[0xff; 8], 4), 4);
         assert_eq!(utf8_boundary_before("€€".as_bytes(), 4), 3);
         assert_eq!(utf8_boundary_before("\u{1F600}x".as_bytes(), 4), 4);
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+    use abi_stable::{sabi_trait::TD_Opaque, std_types::RVec};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt;
+    use tower_plugin_api::ffi::{EventSinkFfi, EventSinkFfi_TO};
+    use tower_plugin_api::{ExecutionStatus, LogRecord};
+
+    /// Records each sink call's batch of records.
+    #[derive(Clone, Default)]
+    struct Batches(Arc<Mutex<Vec<Vec<LogRecord>>>>);
+
+    impl EventSinkFfi for Batches {
+        fn logs(&self, records: RVec<LogRecord>) {
+            self.0.lock().unwrap().push(records.into_vec());
+        }
+
+        fn status(&self, _status: ExecutionStatus) {}
+    }
+
+    impl Batches {
+        fn sink(&self) -> EventSink {
+            EventSink::new(EventSinkFfi_TO::from_value(self.clone(), TD_Opaque))
+        }
+
+        fn lines(&self) -> Vec<(Stream, String)> {
+            let batches = self.0.lock().unwrap();
+            batches.iter().flatten().map(|record| (record.stream, record.line.to_string())).collect()
+        }
+
+        fn calls(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+
+        async fn wait_for_lines(&self, count: usize) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.lines().len() < count {
+                assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {count} lines; got {:?}", self.lines());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    fn splitters() -> (LineSplitter, LineSplitter) {
+        (LineSplitter::new(Stream::Stdout, Channel::Program, 1024), LineSplitter::new(Stream::Stderr, Channel::Program, 1024))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn both_pipes_keep_read_order() {
+        let batches = Batches::default();
+        let (mut out_writer, out_reader) = tokio::io::duplex(1024);
+        let (mut err_writer, err_reader) = tokio::io::duplex(1024);
+        let (out_splitter, err_splitter) = splitters();
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(forward_output((out_reader, out_splitter), (err_reader, err_splitter), batches.sink(), stopped));
+
+        out_writer.write_all(b"out 1\n").await.unwrap();
+        batches.wait_for_lines(1).await;
+        err_writer.write_all(b"err 1\n").await.unwrap();
+        batches.wait_for_lines(2).await;
+        out_writer.write_all(b"out 2\nout 3 without newline").await.unwrap();
+        batches.wait_for_lines(3).await;
+        drop(out_writer);
+        drop(err_writer);
+        task.await.unwrap();
+
+        let expected = [(Stream::Stdout, "out 1"), (Stream::Stderr, "err 1"), (Stream::Stdout, "out 2"), (Stream::Stdout, "out 3 without newline")];
+        let expected: Vec<(Stream, String)> = expected.iter().map(|(stream, line)| (*stream, line.to_string())).collect();
+        assert_eq!(batches.lines(), expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lone_line_delivered_before_eof() {
+        let batches = Batches::default();
+        let (mut out_writer, out_reader) = tokio::io::duplex(1024);
+        let (_err_writer, err_reader) = tokio::io::duplex(1024);
+        let (out_splitter, err_splitter) = splitters();
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(forward_output((out_reader, out_splitter), (err_reader, err_splitter), batches.sink(), stopped));
+
+        out_writer.write_all(b"ready\n").await.unwrap();
+        batches.wait_for_lines(1).await;
+        assert_eq!(batches.calls(), 1);
+        assert!(!task.is_finished(), "the reader ended while both pipes were open");
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn small_writes_share_batches() {
+        // bash's printf writes each line with a system call of its own, the way unbuffered
+        // output does, so the reader sees thousands of small reads.
+        let mut child = tokio::process::Command::new("bash")
+            .args(["-c", "for ((i = 0; i < 20000; i++)); do printf '%099d\\n' $i; done"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash starts");
+        let batches = Batches::default();
+        let (out_splitter, err_splitter) = splitters();
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        forward_output((stdout, out_splitter), (stderr, err_splitter), batches.sink(), stopped).await;
+        assert!(child.wait().await.unwrap().success());
+
+        let lines = batches.lines();
+        assert_eq!(lines.len(), 20_000);
+        assert_eq!(lines[19_999].1, format!("{:099}", 19_999));
+        // 2 MB in batches of 64 KiB are 31 calls. A batch also leaves after 2 ms, so a slow
+        // machine makes more of them, but far fewer than one per write.
+        let calls = batches.calls();
+        assert!(calls <= 1000, "{calls} sink calls for 20,000 lines written one by one");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stop_delivers_read_lines() {
+        let batches = Batches::default();
+        let (mut out_writer, out_reader) = tokio::io::duplex(1024);
+        let (_err_writer, err_reader) = tokio::io::duplex(1024);
+        let (out_splitter, err_splitter) = splitters();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(forward_output((out_reader, out_splitter), (err_reader, err_splitter), batches.sink(), stopped));
+
+        out_writer.write_all(b"whole\nhalf a li").await.unwrap();
+        batches.wait_for_lines(1).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("the reader did not stop").unwrap();
+
+        let records: Vec<LogRecord> = batches.0.lock().unwrap().iter().flatten().cloned().collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].line.as_str(), "half a li");
+        assert!(records[1].flags.contains(LogFlags::NO_NEWLINE));
     }
 }
