@@ -10,6 +10,7 @@ pub mod conformance;
 pub mod config;
 pub mod exit_code;
 pub mod failure;
+pub mod json_log;
 pub mod output;
 pub mod plugin;
 pub mod run;

@@ -1,6 +1,7 @@
 //! Rendering an execution's events for `run`: text for people, or JSON lines for programs.
 
 use crate::cli::OutputFormat;
+use crate::json_log::LogJsonWriter;
 use std::io::Write;
 use tower_plugin_api::{Channel, ExecutionState, ExecutionStatus, LogFlags, LogRecord, Stream};
 
@@ -8,6 +9,7 @@ use tower_plugin_api::{Channel, ExecutionState, ExecutionStatus, LogFlags, LogRe
 /// the caller, which stops the execution; later output is dropped.
 pub struct Output {
     format: OutputFormat,
+    json: LogJsonWriter,
     /// Whether the next setup piece starts a new line, so it gets the `[setup]` mark.
     setup_line_start: bool,
     /// The first error writing the app's output, until [`Output::take_write_error`] takes it.
@@ -17,7 +19,7 @@ pub struct Output {
 impl Output {
     /// Creates a printer.
     pub fn new(format: OutputFormat) -> Self {
-        Self { format, setup_line_start: true, write_error: None }
+        Self { format, json: LogJsonWriter::default(), setup_line_start: true, write_error: None }
     }
 
     /// Prints log records.
@@ -31,7 +33,7 @@ impl Output {
             OutputFormat::Json => {
                 for record in records {
                     let text = batch.text(Destination::Stdout);
-                    write_log_json(text, record);
+                    self.json.write(text, record, true);
                     text.push(b'\n');
                 }
             }
@@ -148,21 +150,6 @@ fn write_flushed(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     out.flush()
 }
 
-/// A log record as a JSON event: `"event": "log"`, then the record's own fields.
-#[derive(serde::Serialize)]
-struct LogEvent<'a> {
-    event: &'static str,
-    #[serde(flatten)]
-    record: &'a LogRecord,
-}
-
-/// Appends a log record as one JSON object, without a newline; the same text as
-/// `json_event("log", record)`, without building a `serde_json::Value` first.
-fn write_log_json(out: &mut Vec<u8>, record: &LogRecord) {
-    // Serializing derived structs and strings into a `Vec` cannot fail.
-    let _ = serde_json::to_writer(out, &LogEvent { event: "log", record });
-}
-
 /// Serializes `value` as a JSON object with `"event": kind` first.
 fn json_event(kind: &str, value: &impl serde::Serialize) -> String {
     let mut object = serde_json::Map::new();
@@ -253,7 +240,7 @@ mod tests {
             flags: LogFlags::SPLIT,
         };
         let mut direct = Vec::new();
-        write_log_json(&mut direct, &record);
+        LogJsonWriter::default().write(&mut direct, &record, true);
         assert_eq!(String::from_utf8(direct).unwrap(), json_event("log", &record));
     }
 

@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+use crate::json_log::LogJsonWriter;
 use tower_plugin_api::{ExecutionStatus, LogRecord, Timestamp};
 
 /// File of the execution record inside an execution's folder.
@@ -165,11 +166,20 @@ pub struct EventRecord {
 pub trait Numbered: Serialize + Send + 'static {
     /// Sets the sequence number.
     fn set_seq(&mut self, seq: u64);
+
+    /// Appends the record as one JSON object, without a newline.
+    fn write_json(&self, out: &mut Vec<u8>, _writer: &mut LogJsonWriter) {
+        serde_json::to_writer(out, self).expect("journal records serialize to JSON");
+    }
 }
 
 impl Numbered for LogRecord {
     fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>, writer: &mut LogJsonWriter) {
+        writer.write(out, self, false);
     }
 }
 
@@ -370,13 +380,14 @@ impl RecordWriter {
         let (file, result) = tokio::task::spawn_blocking(move || {
             let mut buffer = Vec::with_capacity(records.len() * 128);
             let mut new_offsets = Vec::new();
+            let mut writer = LogJsonWriter::default();
             for (position, record) in records.iter_mut().enumerate() {
                 let seq = start.records + position as u64;
                 if seq % INDEX_STRIDE == 0 {
                     new_offsets.push(start.bytes + buffer.len() as u64);
                 }
                 record.set_seq(seq);
-                serde_json::to_writer(&mut buffer, record).expect("journal records serialize to JSON");
+                record.write_json(&mut buffer, &mut writer);
                 buffer.push(b'\n');
             }
             let written = file.write_all(&buffer).map(|()| (records.len() as u64, buffer.len() as u64, new_offsets));

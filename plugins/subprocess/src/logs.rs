@@ -461,14 +461,28 @@ mod forward_tests {
         (LineSplitter::new(Stream::Stdout, Channel::Program, 1024), LineSplitter::new(Stream::Stderr, Channel::Program, 1024))
     }
 
+    /// A reader of two in-memory pipes, and the ends the test holds.
+    struct Reading {
+        batches: Batches,
+        out_writer: tokio::io::DuplexStream,
+        err_writer: tokio::io::DuplexStream,
+        task: tokio::task::JoinHandle<()>,
+        stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    fn start_reading() -> Reading {
+        let batches = Batches::default();
+        let (out_writer, out_reader) = tokio::io::duplex(1024);
+        let (err_writer, err_reader) = tokio::io::duplex(1024);
+        let (out_splitter, err_splitter) = splitters();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(forward_output((out_reader, out_splitter), (err_reader, err_splitter), batches.sink(), stopped));
+        Reading { batches, out_writer, err_writer, task, stop }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn both_pipes_keep_read_order() {
-        let batches = Batches::default();
-        let (mut out_writer, out_reader) = tokio::io::duplex(1024);
-        let (mut err_writer, err_reader) = tokio::io::duplex(1024);
-        let (out_splitter, err_splitter) = splitters();
-        let (_stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(forward_output((out_reader, out_splitter), (err_reader, err_splitter), batches.sink(), stopped));
+        let Reading { batches, mut out_writer, mut err_writer, task, stop: _stop } = start_reading();
 
         out_writer.write_all(b"out 1\n").await.unwrap();
         batches.wait_for_lines(1).await;
@@ -487,12 +501,7 @@ mod forward_tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn lone_line_delivered_before_eof() {
-        let batches = Batches::default();
-        let (mut out_writer, out_reader) = tokio::io::duplex(1024);
-        let (_err_writer, err_reader) = tokio::io::duplex(1024);
-        let (out_splitter, err_splitter) = splitters();
-        let (_stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(forward_output((out_reader, out_splitter), (err_reader, err_splitter), batches.sink(), stopped));
+        let Reading { batches, mut out_writer, err_writer: _err_writer, task, .. } = start_reading();
 
         out_writer.write_all(b"ready\n").await.unwrap();
         batches.wait_for_lines(1).await;
@@ -530,12 +539,7 @@ mod forward_tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn stop_delivers_read_lines() {
-        let batches = Batches::default();
-        let (mut out_writer, out_reader) = tokio::io::duplex(1024);
-        let (_err_writer, err_reader) = tokio::io::duplex(1024);
-        let (out_splitter, err_splitter) = splitters();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(forward_output((out_reader, out_splitter), (err_reader, err_splitter), batches.sink(), stopped));
+        let Reading { batches, mut out_writer, err_writer: _err_writer, task, stop } = start_reading();
 
         out_writer.write_all(b"whole\nhalf a li").await.unwrap();
         batches.wait_for_lines(1).await;
