@@ -196,7 +196,7 @@ impl Client {
     /// Opens a `GET` stream and returns its status and a line reader over its body.
     pub fn stream(&self, path: &str) -> (u16, LineStream) {
         let (status, _, reader) = self.send("GET", path, &[], b"").unwrap_or_else(|error| panic!("GET {path} failed: {error}"));
-        (status, LineStream { reader: BufReader::new(ChunkedReader::new(reader)) })
+        (status, LineStream { reader: BufReader::with_capacity(64 * 1024, ChunkedReader::new(reader)) })
     }
 }
 
@@ -226,6 +226,24 @@ impl LineStream {
             }
             Ok(_) => Err(StreamEnd::Aborted(format!("the stream ended inside a line: {line:?}"))),
             Err(error) => Err(StreamEnd::Aborted(error.to_string())),
+        }
+    }
+
+    /// Reads the rest of the stream without parsing it; returns the lines and bytes read and
+    /// how the stream ended. A consumer as cheap as the stream allows, for throughput figures.
+    pub fn count_to_end(&mut self) -> (u64, u64, StreamEnd) {
+        let (mut lines, mut bytes) = (0u64, 0u64);
+        loop {
+            let read = match self.reader.fill_buf() {
+                Ok([]) => return (lines, bytes, StreamEnd::Complete),
+                Ok(buffer) => {
+                    lines += buffer.iter().filter(|&&byte| byte == b'\n').count() as u64;
+                    buffer.len()
+                }
+                Err(error) => return (lines, bytes, StreamEnd::Aborted(error.to_string())),
+            };
+            bytes += read as u64;
+            self.reader.consume(read);
         }
     }
 
