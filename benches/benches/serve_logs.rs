@@ -13,7 +13,8 @@
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use tower_plugin_api::Timestamp;
 use tower_benches::{app_dir, pack_app};
 use tower_host_tests::http::StreamEnd;
 use tower_host_tests::serve::{create, ServeSetup, TestPackage};
@@ -50,34 +51,63 @@ fn main() {
         })
     };
     let idle_kib = rss_kib(host.pid());
+    let host_cpu_before = cpu_seconds(host.pid());
+    let consumer_cpu_before = cpu_seconds(std::process::id() as i32);
 
     let started = Instant::now();
+    let created_at = SystemTime::now();
     create(&host.client, "flood", &package, &[("LINES", &lines.to_string())]);
     let (status, mut stream) = host.client.stream("/v1/executions/flood/logs?follow=true");
     assert_eq!(status, 200, "GET logs");
-    let (live_lines, live_bytes, end) = stream.count_to_end();
+    let live_count = stream.count_to_end();
     let live = started.elapsed();
+    let consumer_cpu = cpu_seconds(std::process::id() as i32).own - consumer_cpu_before.own;
+    let last_line = live_count.last_data_at.map(|at| at - started).unwrap_or_default();
+    let (live_lines, live_bytes, end) = (live_count.lines, live_count.bytes, live_count.end);
     sampling.store(false, Ordering::Relaxed);
     let samples = sampler.join().expect("the sampler thread");
     assert_eq!(end, StreamEnd::Complete, "the followed stream ended early");
     let finished = host.wait_finished("flood", Duration::from_secs(60));
     assert_eq!(finished["status"]["state"], "exited", "the app did not exit cleanly: {finished}");
+    let ended_at = finished["status"]["ended_at"].as_str().unwrap_or_else(|| panic!("no ended_at in {finished}"));
+    let ended_at = Timestamp::parse_rfc3339(ended_at).unwrap_or_else(|| panic!("invalid ended_at {ended_at:?}"));
+    let app_ended = ended_at.to_system_time().duration_since(created_at).unwrap_or_default();
+    let host_cpu = cpu_seconds(host.pid());
     // The setup channel adds the plugin's own notes, so the stream has a few more lines.
     assert!(live_lines >= lines, "the stream had {live_lines} lines, fewer than the app's {lines}");
 
     let started = Instant::now();
     let (status, mut stream) = host.client.stream("/v1/executions/flood/logs");
     assert_eq!(status, 200, "GET logs");
-    let (replay_lines, replay_bytes, end) = stream.count_to_end();
+    let replay_count = stream.count_to_end();
+    let (replay_lines, replay_bytes, end) = (replay_count.lines, replay_count.bytes, replay_count.end);
     let replay = started.elapsed();
     assert_eq!(end, StreamEnd::Complete, "the replay ended early");
     assert_eq!(replay_lines, live_lines, "the replay and the live stream differ");
 
     println!("| Consumer | Elapsed | App bytes per second | Against the pipe | Stream bytes |");
     println!("|---|---|---|---|---|");
-    row("`bash run.sh | cat > /dev/null`", pipe, app_bytes, pipe, app_bytes);
-    row("serve, followed from create to end", live, app_bytes, pipe, live_bytes);
+    row("`bash run.sh \\| cat > /dev/null`", pipe, app_bytes, pipe, app_bytes);
+    row("serve, followed from create to the last line", last_line, app_bytes, pipe, live_bytes);
+    row("serve, followed from create to the end of the stream", live, app_bytes, pipe, live_bytes);
     row("serve, replay of the finished log", replay, app_bytes, pipe, replay_bytes);
+    println!();
+    println!(
+        "After the create request: the app ended at {:.2} s (its `ended_at`), the consumer read the last line at {:.2} s and the stream ended at {:.2} s.",
+        app_ended.as_secs_f64(),
+        last_line.as_secs_f64(),
+        live.as_secs_f64()
+    );
+    println!();
+    println!(
+        "CPU time during the live stream, in seconds: host {:.2}, app (reaped by the host) {:.2}, consumer (this bench) {:.2}; {:.2} in all over {:.2} s of wall time on {} CPUs.",
+        host_cpu.own - host_cpu_before.own,
+        host_cpu.children - host_cpu_before.children,
+        consumer_cpu,
+        host_cpu.own - host_cpu_before.own + host_cpu.children - host_cpu_before.children + consumer_cpu,
+        live.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |count| count.get())
+    );
     println!();
     samples_table(idle_kib, &samples, host.peak_rss_kib());
 }
@@ -133,4 +163,24 @@ fn rss_kib(pid: i32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time of a process, user and system together, in seconds.
+struct CpuSeconds {
+    /// Its own threads.
+    own: f64,
+    /// Its children that it has waited for.
+    children: f64,
+}
+
+/// Reads `utime`, `stime`, `cutime` and `cstime` from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: i32) -> CpuSeconds {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // The command name (field 2) may contain spaces, so the fields are counted after its `)`.
+    let after_name = &stat[stat.rfind(')').expect("a command name in /proc stat") + 2..];
+    let fields: Vec<f64> = after_name.split(' ').map(|field| field.parse().unwrap_or(0.0)).collect();
+    // SAFETY: sysconf only reads a system setting.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // Fields 14 to 17 of the stat line are at 11 to 14 once the first two are dropped.
+    CpuSeconds { own: (fields[11] + fields[12]) / ticks, children: (fields[13] + fields[14]) / ticks }
 }

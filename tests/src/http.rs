@@ -205,6 +205,19 @@ pub struct LineStream {
     reader: BufReader<ChunkedReader<BufReader<Box<dyn Connection>>>>,
 }
 
+/// What [`LineStream::count_to_end`] read.
+#[derive(Debug)]
+pub struct StreamCount {
+    /// Newlines read.
+    pub lines: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// When the last bytes arrived.
+    pub last_data_at: Option<std::time::Instant>,
+    /// How the stream ended.
+    pub end: StreamEnd,
+}
+
 /// How a stream ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -229,20 +242,25 @@ impl LineStream {
         }
     }
 
-    /// Reads the rest of the stream without parsing it; returns the lines and bytes read and
-    /// how the stream ended. A consumer as cheap as the stream allows, for throughput figures.
-    pub fn count_to_end(&mut self) -> (u64, u64, StreamEnd) {
-        let (mut lines, mut bytes) = (0u64, 0u64);
+    /// Reads the rest of the stream without parsing it, a consumer as cheap as the stream
+    /// allows. Returns the lines and bytes read, when the last bytes arrived, and how the
+    /// stream ended.
+    pub fn count_to_end(&mut self) -> StreamCount {
+        let mut count = StreamCount { lines: 0, bytes: 0, last_data_at: None, end: StreamEnd::Complete };
         loop {
             let read = match self.reader.fill_buf() {
-                Ok([]) => return (lines, bytes, StreamEnd::Complete),
+                Ok([]) => return count,
                 Ok(buffer) => {
-                    lines += buffer.iter().filter(|&&byte| byte == b'\n').count() as u64;
+                    count.lines += buffer.iter().filter(|&&byte| byte == b'\n').count() as u64;
                     buffer.len()
                 }
-                Err(error) => return (lines, bytes, StreamEnd::Aborted(error.to_string())),
+                Err(error) => {
+                    count.end = StreamEnd::Aborted(error.to_string());
+                    return count;
+                }
             };
-            bytes += read as u64;
+            count.bytes += read as u64;
+            count.last_data_at = Some(std::time::Instant::now());
             self.reader.consume(read);
         }
     }

@@ -92,7 +92,7 @@ impl Backend {
         let operation = format!("create execution `{run_id}`");
         let handle = call(&self.plugin.name, &operation, move || ffi.create(spec, sink)).await?;
         let execution = Execution { plugin: self.plugin.name.clone(), run_id, ffi: Arc::new(handle) };
-        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone(), budget }))
+        Ok((execution, EventStream { receiver: Some(receiver), held: None, ended: false, plugin: self.plugin.name.clone(), budget }))
     }
 
     /// Reattaches to an execution that an earlier host process created. Its events, starting
@@ -106,7 +106,7 @@ impl Backend {
         let id = RString::from(run_id);
         let handle = call(&self.plugin.name, &operation, move || ffi.recover(id, sink)).await?;
         let execution = Execution { plugin: self.plugin.name.clone(), run_id: run_id.to_string(), ffi: Arc::new(handle) };
-        Ok((execution, EventStream { receiver: Some(receiver), ended: false, plugin: self.plugin.name.clone(), budget }))
+        Ok((execution, EventStream { receiver: Some(receiver), held: None, ended: false, plugin: self.plugin.name.clone(), budget }))
     }
 
     /// Asks the backend to release backend-wide resources.
@@ -177,6 +177,8 @@ impl Execution {
 /// task that panicked does), the stream ends with a `failed` status that explains this.
 pub struct EventStream {
     receiver: Option<mpsc::Receiver<ExecutionEvent>>,
+    /// An event that [`EventStream::ready_logs`] received but did not return: a status.
+    held: Option<ExecutionEvent>,
     ended: bool,
     plugin: String,
     budget: Arc<ByteBudget>,
@@ -191,8 +193,34 @@ impl Drop for EventStream {
 impl EventStream {
     /// Returns the next event, or `None` after the terminal status.
     pub async fn next(&mut self) -> Option<ExecutionEvent> {
-        let receiver = self.receiver.as_mut()?;
-        match receiver.recv().await {
+        let event = match self.held.take() {
+            Some(event) => Some(event),
+            None => self.receiver.as_mut()?.recv().await,
+        };
+        self.account(event)
+    }
+
+    /// Returns log records that have already arrived, without waiting, or `None` when the next
+    /// event is not there yet or is a status. A consumer that writes in batches calls it after
+    /// [`EventStream::next`] to gather what the plugin delivered meanwhile.
+    pub fn ready_logs(&mut self) -> Option<RVec<LogRecord>> {
+        if self.held.is_none() {
+            self.held = Some(self.receiver.as_mut()?.try_recv().ok()?);
+        }
+        match self.held.take() {
+            Some(ExecutionEvent::Logs(records)) => {
+                self.budget.release(cost_of(&records));
+                Some(records)
+            }
+            other => {
+                self.held = other;
+                None
+            }
+        }
+    }
+
+    fn account(&mut self, event: Option<ExecutionEvent>) -> Option<ExecutionEvent> {
+        match event {
             Some(ExecutionEvent::Status(status)) if self.ended => {
                 tracing::warn!(plugin = %self.plugin, state = status.name(), "ignored a status after the terminal status");
                 None
@@ -304,3 +332,77 @@ async fn call<T: Send + 'static>(
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_plugin_api::{Channel, LogFlags, Stream};
+
+    fn stream_and_sink() -> (EventStream, HostEventSink) {
+        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
+        let budget = Arc::new(ByteBudget::default());
+        let sink = HostEventSink { sender, budget: Arc::clone(&budget) };
+        (EventStream { receiver: Some(receiver), held: None, ended: false, plugin: "test".to_string(), budget }, sink)
+    }
+
+    fn records(lines: &[&str]) -> RVec<LogRecord> {
+        lines
+            .iter()
+            .map(|line| LogRecord {
+                seq: 0,
+                timestamp: Timestamp { unix_nanos: 0 },
+                stream: Stream::Stdout,
+                channel: Channel::Program,
+                line: (*line).into(),
+                flags: LogFlags::default(),
+            })
+            .collect()
+    }
+
+    fn lines_of(event: Option<ExecutionEvent>) -> Vec<String> {
+        match event {
+            Some(ExecutionEvent::Logs(records)) => records.iter().map(|record| record.line.to_string()).collect(),
+            other => panic!("expected log records, got {other:?}"),
+        }
+    }
+
+    /// Runs one future to its end; the sink's calls block, so they stay outside any runtime.
+    fn wait<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().expect("a runtime").block_on(future)
+    }
+
+    #[test]
+    fn ready_logs_keeps_order_with_status() {
+        let (mut events, sink) = stream_and_sink();
+        sink.logs(records(&["one"]));
+        sink.logs(records(&["two", "three"]));
+        sink.status(ExecutionStatus::new(ExecutionState::Exited));
+        sink.logs(records(&["after the end"]));
+
+        assert_eq!(lines_of(wait(events.next())), ["one"]);
+        assert_eq!(lines_of(events.ready_logs().map(ExecutionEvent::Logs)), ["two", "three"]);
+        // The status is held for `next`, not skipped.
+        assert!(events.ready_logs().is_none());
+        assert!(events.ready_logs().is_none());
+        match wait(events.next()) {
+            Some(ExecutionEvent::Status(status)) => assert!(status.is_terminal()),
+            other => panic!("expected the terminal status, got {other:?}"),
+        }
+        assert!(wait(events.next()).is_none());
+        assert!(events.ready_logs().is_none());
+    }
+
+    #[test]
+    fn ready_logs_frees_the_budget() {
+        let (mut events, sink) = stream_and_sink();
+        sink.logs(records(&["a", "b"]));
+        sink.logs(records(&["c"]));
+        assert_eq!(events.budget.state.lock().unwrap().used, 3 * (1 + RECORD_OVERHEAD_BYTES));
+
+        wait(events.next());
+        assert_eq!(events.budget.state.lock().unwrap().used, 1 + RECORD_OVERHEAD_BYTES);
+        events.ready_logs();
+        assert_eq!(events.budget.state.lock().unwrap().used, 0);
+        assert!(events.ready_logs().is_none(), "nothing more has arrived");
+    }
+}

@@ -12,6 +12,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
+
+/// Most log records gathered into one journal append (about 1 MiB of JSON for 100-byte lines).
+const MAX_APPEND_RECORDS: usize = 8192;
 use tracing::Instrument;
 use tower_plugin_api::{ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogRecord, Timestamp};
 
@@ -288,7 +291,16 @@ async fn drive(mut pump: Pump, execution: Execution, mut events: EventStream, ti
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(ExecutionEvent::Logs(records)) => pump.record_logs(records.into_vec()).await,
+                Some(ExecutionEvent::Logs(records)) => {
+                    // Batches that arrived while the last append ran go into this one, so a
+                    // busy execution costs one journal write per gathered batch.
+                    let mut records = records.into_vec();
+                    while records.len() < MAX_APPEND_RECORDS {
+                        let Some(more) = events.ready_logs() else { break };
+                        records.extend(more);
+                    }
+                    pump.record_logs(records).await;
+                }
                 Some(ExecutionEvent::Status(status)) => {
                     let status = rewrite_host_timeout(status, timed_out && !stop_requested);
                     if status.is_terminal() {
