@@ -141,8 +141,12 @@ fn utf8_boundary_before(bytes: &[u8], max: usize) -> usize {
     max
 }
 
-/// Bytes of finished lines at which a batch goes to the sink without waiting.
+/// Size of finished lines at which a batch goes to the sink without waiting, counting
+/// [`RECORD_COST_BYTES`] for each line besides its text.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Bytes a line counts against [`BATCH_BYTES`] besides its text, so that a flood of empty lines
+/// still makes batches of bounded length (at most 1,024 records).
+const RECORD_COST_BYTES: usize = 64;
 /// How long finished lines wait for more output before they go to the sink. Without the wait,
 /// a program that writes a little at a time (a 4 KiB stdio buffer, say) costs one sink call
 /// per write. With it, a flood of output costs one call per [`BATCH_BYTES`].
@@ -203,10 +207,15 @@ struct Batch {
 impl Batch {
     /// Counts the lines added since index `before`, and starts the linger clock of a new batch.
     fn count_from(&mut self, before: usize) {
-        self.bytes += self.lines[before..].iter().map(|line| line.line.len()).sum::<usize>();
+        self.bytes += self.lines[before..].iter().map(|line| line.line.len() + RECORD_COST_BYTES).sum::<usize>();
         if self.deadline.is_none() && !self.lines.is_empty() {
             self.deadline = Some(tokio::time::Instant::now() + BATCH_LINGER);
         }
+    }
+
+    /// Tells whether the batch must go out now: it is full, or its linger time has passed.
+    fn is_due(&self) -> bool {
+        self.bytes >= BATCH_BYTES || self.deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
     }
 
     async fn deliver(&mut self, events: &EventSink) {
@@ -254,7 +263,9 @@ pub async fn forward_output<O, E>(
                 Err(_) => stop_dropped = true,
             },
         }
-        if batch.bytes >= BATCH_BYTES {
+        // Checked after every read as well: while a pipe stays readable, the timer branch
+        // above may not get its turn.
+        if batch.is_due() {
             batch.deliver(&events).await;
         }
     }
@@ -535,6 +546,67 @@ mod forward_tests {
         // machine makes more of them, but far fewer than one per write.
         let calls = batches.calls();
         assert!(calls <= 1000, "{calls} sink calls for 20,000 lines written one by one");
+    }
+
+    /// Keeps, for each sink call, its number of records, and when non-empty lines arrived
+    /// compared with when they were read; a flood of empty lines costs no memory here.
+    #[derive(Clone, Default)]
+    struct Arrivals(Arc<Mutex<(Vec<usize>, Vec<(String, Duration)>)>>);
+
+    impl EventSinkFfi for Arrivals {
+        fn logs(&self, records: RVec<LogRecord>) {
+            let now = Timestamp::now();
+            let mut state = self.0.lock().unwrap();
+            state.0.push(records.len());
+            for record in records.iter().filter(|record| !record.line.is_empty()) {
+                let delay = Duration::from_nanos((now.unix_nanos - record.timestamp.unix_nanos).max(0) as u64);
+                state.1.push((record.line.to_string(), delay));
+            }
+        }
+
+        fn status(&self, _status: ExecutionStatus) {}
+    }
+
+    /// Runs `script` with bash and forwards its output to an [`Arrivals`] recorder.
+    async fn forward_script(script: &str) -> Arrivals {
+        let mut child = tokio::process::Command::new("bash")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash starts");
+        let arrivals = Arrivals::default();
+        let (out_splitter, err_splitter) = splitters();
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let stdout = (child.stdout.take().unwrap(), out_splitter);
+        let stderr = (child.stderr.take().unwrap(), err_splitter);
+        let sink = EventSink::new(EventSinkFfi_TO::from_value(arrivals.clone(), TD_Opaque));
+        forward_output(stdout, stderr, sink, stopped).await;
+        assert!(child.wait().await.unwrap().success());
+        arrivals
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn empty_lines_make_bounded_batches() {
+        let arrivals = forward_script("head -c 300000 /dev/zero | tr '\\0' '\\n'").await;
+        let batches = arrivals.0.lock().unwrap().0.clone();
+        assert_eq!(batches.iter().sum::<usize>(), 300_000);
+        // A batch is checked after each read, so it holds at most the lines of a full batch and
+        // of one read: 1,024 + 65,536 here, a few MiB of records at most.
+        let longest = batches.iter().max().copied().unwrap_or(0);
+        assert!(longest <= BATCH_BYTES / RECORD_COST_BYTES + READ_CHUNK_BYTES, "a batch of {longest} empty lines");
+        assert!(batches.len() >= 300_000 / (BATCH_BYTES / RECORD_COST_BYTES + READ_CHUNK_BYTES), "{} batches", batches.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn busy_pipe_does_not_delay_lines() {
+        // The marker on stderr comes first, then stdout stays readable for a while with empty
+        // lines. The marker must not wait for the flood to end.
+        let arrivals = forward_script("echo marker >&2; head -c 5000000 /dev/zero | tr '\\0' '\\n'").await;
+        let state = arrivals.0.lock().unwrap();
+        let (line, delay) = state.1.first().cloned().expect("the marker arrived");
+        assert_eq!(line, "marker");
+        assert!(delay < Duration::from_millis(500), "the marker arrived {delay:?} after it was read");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -61,8 +61,9 @@ pub struct Settings {
     /// Default: `["PATH", "HOME", "LANG", "LC_*", "TZ", "TMPDIR"]`.
     pub env_allowlist: Vec<String>,
 
-    /// Maximum size of one log record in bytes; a longer line is split into records flagged
-    /// `SPLIT`. Minimum 4. Default: 65536 (64 KiB).
+    /// Maximum bytes of output in one log record; a longer line is split into records flagged
+    /// `SPLIT`. An invalid UTF-8 byte counts once but becomes U+FFFD (3 bytes) in the record.
+    /// Minimum 4. Default: 65536 (64 KiB).
     pub max_line_bytes: usize,
 
     /// Limits applied while unpacking a package.
