@@ -144,8 +144,8 @@ fn utf8_boundary_before(bytes: &[u8], max: usize) -> usize {
 /// Size of finished lines at which a batch goes to the sink without waiting, counting
 /// [`RECORD_COST_BYTES`] for each line besides its text.
 const BATCH_BYTES: usize = 64 * 1024;
-/// Bytes a line counts against [`BATCH_BYTES`] besides its text, so that a flood of empty lines
-/// still makes batches of bounded length (at most 1,024 records).
+/// Bytes a line counts against [`BATCH_BYTES`] besides its text, so that empty lines fill a
+/// batch too: 1,024 of them do.
 const RECORD_COST_BYTES: usize = 64;
 /// How long finished lines wait for more output before they go to the sink. Without the wait,
 /// a program that writes a little at a time (a 4 KiB stdio buffer, say) costs one sink call
@@ -548,8 +548,8 @@ mod forward_tests {
         assert!(calls <= 1000, "{calls} sink calls for 20,000 lines written one by one");
     }
 
-    /// Keeps, for each sink call, its number of records, and when non-empty lines arrived
-    /// compared with when they were read; a flood of empty lines costs no memory here.
+    /// Keeps each sink call's number of records, and the delay of each non-empty line from its
+    /// read to its delivery. Empty lines cost no memory here.
     #[derive(Clone, Default)]
     struct Arrivals(Arc<Mutex<(Vec<usize>, Vec<(String, Duration)>)>>);
 
