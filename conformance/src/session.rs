@@ -243,7 +243,7 @@ impl Run {
                 .await
                 .map_err(|_| format!("timed out after {limit:?} waiting for {what}"))?;
             match event {
-                Some(ExecutionEvent::Logs(records)) => self.observed.records.extend(records),
+                Some(ExecutionEvent::Logs(records)) => self.observed.records.extend(records.iter().map(|line| line.to_record())),
                 Some(ExecutionEvent::Status(status)) => self.observed.statuses.push(status),
                 None => return Err(format!("the event stream closed before {what}")),
             }
@@ -263,7 +263,7 @@ impl Run {
                 .await
                 .map_err(|_| format!("timed out after {limit:?} waiting for the terminal status"))?;
             match event {
-                Some(ExecutionEvent::Logs(records)) => self.observed.records.extend(records),
+                Some(ExecutionEvent::Logs(records)) => self.observed.records.extend(records.iter().map(|line| line.to_record())),
                 Some(ExecutionEvent::Status(status)) => self.observed.statuses.push(status),
                 None => return Err("the event stream closed without a terminal status".to_string()),
             }

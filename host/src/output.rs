@@ -3,7 +3,7 @@
 use crate::cli::OutputFormat;
 use crate::json_log::LogJsonWriter;
 use std::io::Write;
-use tower_plugin_api::{Channel, ExecutionState, ExecutionStatus, LogFlags, LogRecord, Stream};
+use tower_plugin_api::{Channel, ExecutionState, ExecutionStatus, LogBatch, LogFlags, Stream};
 
 /// Prints events of one execution. The first write error (a closed pipe, a full disk) is kept for
 /// the caller, which stops the execution; later output is dropped.
@@ -27,13 +27,13 @@ impl Output {
     /// A batch is formatted into memory and written with one call per run of records bound for
     /// the same stream. Rust's stdout is line-buffered, so writing record by record would cost
     /// one system call per line.
-    pub fn logs(&mut self, records: &[LogRecord]) {
+    pub fn logs(&mut self, records: &LogBatch) {
         let mut batch = Batch::default();
         match self.format {
             OutputFormat::Json => {
-                for record in records {
+                for record in records.iter() {
                     let text = batch.text(Destination::Stdout);
-                    self.json.write(text, record, true);
+                    self.json.write(text, &record, true);
                     text.push(b'\n');
                 }
             }
@@ -45,8 +45,8 @@ impl Output {
         }
     }
 
-    fn text_logs(&mut self, records: &[LogRecord], batch: &mut Batch) {
-        for record in records {
+    fn text_logs(&mut self, records: &LogBatch, batch: &mut Batch) {
+        for record in records.iter() {
             let ends_line = !record.flags.contains(LogFlags::SPLIT) && !record.flags.contains(LogFlags::NO_NEWLINE);
             let destination = match (record.channel, record.stream) {
                 (Channel::Setup, _) | (Channel::Program, Stream::Stderr) => Destination::Stderr,
@@ -217,6 +217,7 @@ fn signal_name(signal: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower_plugin_api::LogRecord;
 
     #[test]
     fn describe_names_signal() {
@@ -240,7 +241,7 @@ mod tests {
             flags: LogFlags::SPLIT,
         };
         let mut direct = Vec::new();
-        LogJsonWriter::default().write(&mut direct, &record, true);
+        LogJsonWriter::default().write(&mut direct, &record.as_line_ref(), true);
         assert_eq!(String::from_utf8(direct).unwrap(), json_event("log", &record));
     }
 

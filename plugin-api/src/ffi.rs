@@ -9,7 +9,7 @@
 //! version runs that default, which reports [`ErrorKind::Unsupported`](crate::ErrorKind).
 
 use crate::{
-    ApiVersion, Capabilities, ExecutionSpec, ExecutionStatus, Health, KeyValue, LogRecord,
+    ApiVersion, Capabilities, ExecutionSpec, ExecutionStatus, Health, KeyValue, LogBatch, LogRecord,
     PluginError, ServiceEndpoint,
 };
 use abi_stable::{
@@ -46,6 +46,12 @@ pub trait EventSinkFfi: Clone + Send + Sync + 'static {
     /// `logs` does, so that a status never overtakes the records before it.
     #[sabi(last_prefix_field)]
     fn status(&self, status: ExecutionStatus);
+
+    /// Delivers a batch of log records, in order, as `logs` does. Added in 1.2. The default
+    /// body copies the batch into records and calls `logs`.
+    fn log_batch(&self, batch: LogBatch) {
+        self.logs(batch.to_records().into());
+    }
 }
 
 /// One backend instance, created from the plugin's settings.

@@ -27,6 +27,7 @@
 //! |---|---|
 //! | 1.0 | the contract |
 //! | 1.1 | `ExecutionFfi::signal` (`sdk::Execution::signal`) |
+//! | 1.2 | `EventSinkFfi::log_batch` and [`LogBatch`]; the SDK's sink delivers batches |
 //!
 //! [`StableAbi`]: abi_stable::StableAbi
 #![deny(missing_docs)]
@@ -44,7 +45,7 @@ mod version;
 pub use abi_stable;
 pub use capabilities::{Capabilities, EnforcedLimits, Health, ServiceEndpoint, StartLatency};
 pub use error::{ErrorCode, ErrorKind, PluginError};
-pub use log::{Channel, LogFlags, LogRecord, Stream};
+pub use log::{Channel, LogBatch, LogEntry, LogFlags, LogLineRef, LogRecord, Stream};
 pub use spec::{
     CacheSpec, ExecutionSpec, KeyValue, NetworkSpec, PackageRef, PackageSource, ResourceLimits,
     RuntimeSpec, Secret, SecretVar,

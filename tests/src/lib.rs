@@ -159,6 +159,41 @@ pub fn find_uv() -> Option<PathBuf> {
     std::env::split_paths(&path).map(|folder| folder.join("uv")).find(|candidate| candidate.is_file())
 }
 
+/// Returns the `bwrap` binary on `PATH`, if any.
+pub fn find_bwrap() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|folder| folder.join("bwrap")).find(|candidate| candidate.is_file())
+}
+
+/// Points `TMPDIR` of this test process at a folder of its own, once, before any test reads it,
+/// and returns the folder. The conformance kit creates the folder its apps write PID files to
+/// under `TMPDIR`, and the bubblewrap sandbox sees the host's files read-only, so settings of
+/// the bubblewrap plugin bind this folder read-write.
+pub fn bubblewrap_tmpdir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tower-host-tests-bubblewrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the test's TMPDIR");
+        std::env::set_var("TMPDIR", &dir);
+        dir
+    })
+    .clone()
+}
+
+/// Returns the settings of the bubblewrap plugin for tests: work folder and writable folders
+/// under [`bubblewrap_tmpdir`], `uv` from `PATH`, and the offline wheels. The sandbox mounts an
+/// empty /tmp, which hides a checkout under /tmp and its wheels folder, so the wheels are bound
+/// in too.
+pub fn bubblewrap_settings(uv: &Path, wheels: &Path) -> serde_json::Value {
+    let tmpdir = bubblewrap_tmpdir();
+    serde_json::json!({
+        "work_dir": tmpdir.join("work"),
+        "writable_paths": [&tmpdir, wheels],
+        "uv": uv,
+        "uv_args": ["--offline", "--no-index", "--find-links", wheels],
+    })
+}
+
 /// Returns the folder of wheels that Python sample apps install offline, if it was filled.
 pub fn wheels_dir() -> Option<PathBuf> {
     let dir = repo_root().join("tests/wheels");

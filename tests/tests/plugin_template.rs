@@ -2,34 +2,12 @@
 //! conformance kit, and its network isolation.
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use tower_conformance::Outcome;
 use tower_host_tests::*;
 
-/// Returns the `bwrap` on `PATH`, if any.
-fn find_bwrap() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|folder| folder.join("bwrap")).find(|candidate| candidate.is_file())
-}
-
-/// Points `TMPDIR` of this test process at a folder of its own, once, before any test reads it.
-/// The kit creates the folder its apps write PID files to under `TMPDIR`, and the sandbox sees
-/// the host's files read-only, so the settings bind this folder read-write.
-fn shared_tmpdir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("tower-host-tests-bubblewrap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the test's TMPDIR");
-        std::env::set_var("TMPDIR", &dir);
-        dir
-    })
-    .clone()
-}
-
 #[test]
 fn template_plugin_conforms() {
-    let tmpdir = shared_tmpdir();
+    let tmpdir = bubblewrap_tmpdir();
     if skip_unless(find_bwrap().is_some(), "bwrap (Debian package bubblewrap) is not on PATH") {
         return;
     }
@@ -41,15 +19,7 @@ fn template_plugin_conforms() {
     if skip_unless(wheels.is_some(), "tests/wheels has no wheels") {
         return;
     }
-    let wheels = wheels.unwrap();
-    // The sandbox mounts an empty /tmp, which hides a checkout under /tmp and its wheels folder, so
-    // the wheels are bound in too.
-    let settings = serde_json::json!({
-        "work_dir": tmpdir.join("work"),
-        "writable_paths": [&tmpdir, &wheels],
-        "uv": uv.unwrap(),
-        "uv_args": ["--offline", "--no-index", "--find-links", wheels],
-    });
+    let settings = bubblewrap_settings(&uv.unwrap(), &wheels.unwrap());
 
     let report = tower_conformance::run_blocking(&shipped_plugin("bubblewrap"), &settings.to_string(), &[]).unwrap();
     for check in &report.checks {
@@ -70,7 +40,7 @@ fn template_plugin_conforms() {
 
 #[test]
 fn template_sandbox_blocks_loopback_tcp() {
-    let tmpdir = shared_tmpdir();
+    let tmpdir = bubblewrap_tmpdir();
     if skip_unless(find_bwrap().is_some(), "bwrap (Debian package bubblewrap) is not on PATH") {
         return;
     }
@@ -116,7 +86,7 @@ fn processes_with(marker: &str) -> Vec<String> {
 #[test]
 #[ignore = "flaky under load: a forced timeout was once reported as forced: false"]
 fn template_timeout_leaves_no_process() {
-    let tmpdir = shared_tmpdir();
+    let tmpdir = bubblewrap_tmpdir();
     if skip_unless(find_bwrap().is_some(), "bwrap (Debian package bubblewrap) is not on PATH") {
         return;
     }
@@ -146,7 +116,7 @@ fn template_timeout_leaves_no_process() {
 
 #[test]
 fn template_timeout_sends_sigterm_first() {
-    let tmpdir = shared_tmpdir();
+    let tmpdir = bubblewrap_tmpdir();
     if skip_unless(find_bwrap().is_some(), "bwrap (Debian package bubblewrap) is not on PATH") {
         return;
     }

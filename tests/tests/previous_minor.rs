@@ -1,7 +1,7 @@
 //! A plugin built against an older minor version of the plugin API keeps loading and working.
 //!
-//! `tests/fixtures/previous-minor` is a workspace of its own that builds the subprocess plugin's
-//! source against `plugin-api-1.0`, the contract as released in 1.0.0. This test builds it with
+//! `tests/fixtures/previous-minor` is a workspace of its own that builds the plugin template's
+//! source (the bubblewrap backend) against `plugin-api-1.0`, the contract as released in 1.0.0. This test builds it with
 //! cargo (offline: every crate it needs is the main workspace's), then loads it into this host,
 //! which implements a newer minor version.
 
@@ -22,24 +22,19 @@ fn build_previous_minor_plugin() -> PathBuf {
         .status()
         .expect("cargo starts");
     assert!(status.success(), "building {} failed", manifest.display());
-    target.join("debug").join(format!("libtower_plugin_subprocess_api_1_0{}", std::env::consts::DLL_SUFFIX))
-}
-
-fn subprocess_settings(work: &std::path::Path, wheels: &std::path::Path) -> String {
-    serde_json::json!({
-        "work_dir": work.join("work"),
-        "uv_cache_dir": std::env::temp_dir().join("tower-host-tests-uv-cache"),
-        "uv_args": ["--offline", "--no-index", "--find-links", wheels],
-        "install_uv": false,
-    })
-    .to_string()
+    target.join("debug").join(format!("libtower_plugin_bubblewrap_api_1_0{}", std::env::consts::DLL_SUFFIX))
 }
 
 #[test]
 fn previous_minor_plugin_loads_passes_kit_and_lacks_new_method() {
-    if skip_unless(find_uv().is_some(), "uv is not on PATH") {
+    bubblewrap_tmpdir();
+    if skip_unless(find_bwrap().is_some(), "bwrap (Debian package bubblewrap) is not on PATH") {
         return;
     }
+    let Some(uv) = find_uv() else {
+        assert!(!skip_unless(false, "uv is not on PATH"));
+        return;
+    };
     let Some(wheels) = wheels_dir() else {
         assert!(!skip_unless(false, "tests/wheels has no wheels"));
         return;
@@ -52,8 +47,7 @@ fn previous_minor_plugin_loads_passes_kit_and_lacks_new_method() {
     assert!(inspect.stdout.contains("plugin API:  1.0.0"), "{inspect:?}");
 
     // It passes the whole conformance kit.
-    let work = tempfile::tempdir().unwrap();
-    let settings = subprocess_settings(work.path(), &wheels);
+    let settings = bubblewrap_settings(&uv, &wheels).to_string();
     let report = tower_conformance::run_blocking(&plugin, &settings, &[]).unwrap();
     assert!(report.success(), "{report}");
 
@@ -72,14 +66,21 @@ fn previous_minor_plugin_loads_passes_kit_and_lacks_new_method() {
         let error = execution.signal(10).await.unwrap_err();
         assert_eq!(error.error.kind(), Some(tower_plugin_api::ErrorKind::Unsupported), "{error}");
         assert!(error.error.message.contains("plugin API 1.0"), "{error}");
+        // Its log records arrive through `logs`, which the host turns into batches.
+        let mut lines = Vec::new();
         while let Some(event) = events.next().await {
-            if let tower_host::plugin::ExecutionEvent::Status(status) = event {
-                if status.is_terminal() {
+            match event {
+                tower_host::plugin::ExecutionEvent::Logs(batch) => lines.extend(batch.iter().map(|line| (line.seq, line.line.to_string()))),
+                tower_host::plugin::ExecutionEvent::Status(status) if status.is_terminal() => {
                     assert_eq!(status.name(), "exited");
                     break;
                 }
+                tower_host::plugin::ExecutionEvent::Status(_) => {}
             }
         }
+        assert!(!lines.is_empty(), "no log records from the 1.0 plugin");
+        let numbers: Vec<u64> = lines.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(numbers, (0..lines.len() as u64).collect::<Vec<_>>(), "{lines:?}");
         execution.cleanup().await.unwrap();
     });
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tower_plugin_api::{
     ffi::{BackendBox, EventSinkFfi, EventSinkFfi_TO, ExecutionBox},
-    Capabilities, ErrorKind, ExecutionState, ExecutionStatus, FailureStageKind, Health, LogRecord, PluginError,
+    Capabilities, ErrorKind, ExecutionState, ExecutionStatus, FailureStageKind, Health, LogBatch, LogRecord, PluginError,
     ServiceEndpoint, Timestamp,
 };
 
@@ -21,7 +21,7 @@ const EVENT_BUFFER: usize = 256;
 /// How many bytes of log records the host buffers per execution before the plugin's `logs` call
 /// blocks. One batch larger than this still passes when nothing else is buffered.
 const LOG_BUFFER_BYTES: usize = 16 * 1024 * 1024;
-/// Bytes counted for a record besides its text: its fixed fields and its allocation.
+/// Bytes counted for a record besides its text: its entry in the batch, with room to spare.
 const RECORD_OVERHEAD_BYTES: usize = 64;
 
 /// A plugin call that failed, naming the plugin and the operation.
@@ -40,7 +40,7 @@ pub struct PluginCallError {
 #[derive(Debug, Clone)]
 pub enum ExecutionEvent {
     /// Log records, in order.
-    Logs(RVec<LogRecord>),
+    Logs(LogBatch),
     /// A status transition.
     Status(ExecutionStatus),
 }
@@ -203,7 +203,7 @@ impl EventStream {
     /// Returns log records that have already arrived, without waiting, or `None` when the next
     /// event is not there yet or is a status. A consumer that writes in batches calls it after
     /// [`EventStream::next`] to gather what the plugin delivered meanwhile.
-    pub fn ready_logs(&mut self) -> Option<RVec<LogRecord>> {
+    pub fn ready_logs(&mut self) -> Option<LogBatch> {
         if self.held.is_none() {
             self.held = Some(self.receiver.as_mut()?.try_recv().ok()?);
         }
@@ -263,11 +263,22 @@ struct HostEventSink {
 }
 
 impl EventSinkFfi for HostEventSink {
+    /// Takes records of a plugin built against API 1.0 or 1.1.
     fn logs(&self, records: RVec<LogRecord>) {
-        let cost = cost_of(&records);
+        self.log_batch(LogBatch::from_records(&records));
+    }
+
+    fn log_batch(&self, batch: LogBatch) {
+        if let Err(error) = batch.check() {
+            // Only a plugin that builds batches by hand can get here; its records are dropped
+            // rather than misread.
+            tracing::error!(%error, records = batch.len(), "dropped a malformed log batch from the plugin");
+            return;
+        }
+        let cost = cost_of(&batch);
         self.budget.acquire(cost);
         // An error means the host stopped listening (after the terminal status): drop the records.
-        if self.sender.blocking_send(ExecutionEvent::Logs(records)).is_err() {
+        if self.sender.blocking_send(ExecutionEvent::Logs(batch)).is_err() {
             self.budget.release(cost);
         }
     }
@@ -278,8 +289,8 @@ impl EventSinkFfi for HostEventSink {
 }
 
 /// Returns the bytes a batch of records counts against [`LOG_BUFFER_BYTES`].
-fn cost_of(records: &[LogRecord]) -> usize {
-    records.iter().map(|record| record.line.len() + RECORD_OVERHEAD_BYTES).sum()
+fn cost_of(batch: &LogBatch) -> usize {
+    batch.text_len() + batch.len() * RECORD_OVERHEAD_BYTES
 }
 
 /// The bytes of log records buffered between the plugin and the consumer of one execution.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use crate::json_log::LogJsonWriter;
-use tower_plugin_api::{ExecutionStatus, LogRecord, Timestamp};
+use tower_plugin_api::{ExecutionStatus, LogBatch, LogLineRef, LogRecord, Timestamp};
 
 /// File of the execution record inside an execution's folder.
 pub const STATE_FILE: &str = "state.json";
@@ -162,6 +162,48 @@ pub struct EventRecord {
     pub status: ExecutionStatus,
 }
 
+/// Records to append to a [`RecordLog`] in one write: a vector of [`Numbered`] records, or a
+/// [`LogBatch`].
+pub trait Records: Send + 'static {
+    /// Returns the number of records.
+    fn count(&self) -> usize;
+
+    /// Appends each record as a JSON line to `out`, numbered from `first_seq`. Before each one,
+    /// calls `before` with its sequence number and the length of `out`.
+    fn write_lines(&mut self, first_seq: u64, out: &mut Vec<u8>, before: &mut dyn FnMut(u64, usize));
+}
+
+impl<T: Numbered> Records for Vec<T> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn write_lines(&mut self, first_seq: u64, out: &mut Vec<u8>, before: &mut dyn FnMut(u64, usize)) {
+        let mut writer = LogJsonWriter::default();
+        for (seq, record) in (first_seq..).zip(self.iter_mut()) {
+            before(seq, out.len());
+            record.set_seq(seq);
+            record.write_json(out, &mut writer);
+            out.push(b'\n');
+        }
+    }
+}
+
+impl Records for LogBatch {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn write_lines(&mut self, first_seq: u64, out: &mut Vec<u8>, before: &mut dyn FnMut(u64, usize)) {
+        let mut writer = LogJsonWriter::default();
+        for (seq, line) in (first_seq..).zip(self.iter()) {
+            before(seq, out.len());
+            writer.write(out, &LogLineRef { seq, ..line }, false);
+            out.push(b'\n');
+        }
+    }
+}
+
 /// A record of a [`RecordLog`]: serializable, with `seq` as its first field.
 pub trait Numbered: Serialize + Send + 'static {
     /// Sets the sequence number.
@@ -179,7 +221,7 @@ impl Numbered for LogRecord {
     }
 
     fn write_json(&self, out: &mut Vec<u8>, writer: &mut LogJsonWriter) {
-        writer.write(out, self, false);
+        writer.write(out, &self.as_line_ref(), false);
     }
 }
 
@@ -367,9 +409,9 @@ impl RecordWriter {
 
     /// Numbers the records from the log's next sequence number, appends them with one write, and
     /// then publishes them to readers. Returns the first sequence number given.
-    pub async fn append<T: Numbered>(&mut self, mut records: Vec<T>) -> Result<u64, JournalError> {
+    pub async fn append<R: Records>(&mut self, mut records: R) -> Result<u64, JournalError> {
         let start = self.log.committed();
-        if records.is_empty() {
+        if records.count() == 0 {
             return Ok(start.records);
         }
         let mut file = self.file.take().ok_or_else(|| JournalError::Corrupt {
@@ -378,19 +420,14 @@ impl RecordWriter {
         })?;
         let path = self.log.path.clone();
         let (file, result) = tokio::task::spawn_blocking(move || {
-            let mut buffer = Vec::with_capacity(records.len() * 128);
+            let mut buffer = Vec::with_capacity(records.count() * 128);
             let mut new_offsets = Vec::new();
-            let mut writer = LogJsonWriter::default();
-            for (position, record) in records.iter_mut().enumerate() {
-                let seq = start.records + position as u64;
+            records.write_lines(start.records, &mut buffer, &mut |seq, length| {
                 if seq % INDEX_STRIDE == 0 {
-                    new_offsets.push(start.bytes + buffer.len() as u64);
+                    new_offsets.push(start.bytes + length as u64);
                 }
-                record.set_seq(seq);
-                record.write_json(&mut buffer, &mut writer);
-                buffer.push(b'\n');
-            }
-            let written = file.write_all(&buffer).map(|()| (records.len() as u64, buffer.len() as u64, new_offsets));
+            });
+            let written = file.write_all(&buffer).map(|()| (records.count() as u64, buffer.len() as u64, new_offsets));
             (file, written)
         })
         .await?;
@@ -569,7 +606,7 @@ mod tests {
         let log = RecordLog::create(dir.path().join(LOGS_FILE)).unwrap();
         let mut writer = log.writer().unwrap();
         for batch in 0..5 {
-            let records = (0..1000).map(|n| record(&format!("line {}", batch * 1000 + n))).collect();
+            let records: Vec<LogRecord> = (0..1000).map(|n| record(&format!("line {}", batch * 1000 + n))).collect();
             writer.append(records).await.unwrap();
         }
         assert_eq!(log.committed().records, 5000);
@@ -584,12 +621,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batch_appends_like_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let from_records = RecordLog::create(dir.path().join("records.ndjson")).unwrap();
+        let from_batches = RecordLog::create(dir.path().join("batches.ndjson")).unwrap();
+        let lines: Vec<LogRecord> = ["first", "", "quote \" and \u{e9}", "last"].map(record).into();
+        let (mut records_writer, mut batches_writer) = (from_records.writer().unwrap(), from_batches.writer().unwrap());
+        records_writer.append(lines[..1].to_vec()).await.unwrap();
+        records_writer.append(lines[1..].to_vec()).await.unwrap();
+        batches_writer.append(LogBatch::from_records(&lines[..1])).await.unwrap();
+        assert_eq!(batches_writer.append(LogBatch::from_records(&lines[1..])).await.unwrap(), 1);
+
+        let read = read_to_end(&from_batches, 0).await;
+        assert_eq!(read.iter().map(|record| record.seq).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(read.iter().map(|record| record.line.to_string()).collect::<Vec<_>>(), lines.iter().map(|record| record.line.to_string()).collect::<Vec<_>>());
+        let text = |log: &RecordLog| std::fs::read(&log.path).unwrap();
+        assert_eq!(text(&from_batches), text(&from_records));
+    }
+
+    #[tokio::test]
     async fn scan_cuts_incomplete_last_line_and_continues_numbering() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LOGS_FILE);
         let log = RecordLog::create(path.clone()).unwrap();
         let mut writer = log.writer().unwrap();
-        writer.append((0..3).map(|n| record(&format!("line {n}"))).collect()).await.unwrap();
+        writer.append((0..3).map(|n| record(&format!("line {n}"))).collect::<Vec<_>>()).await.unwrap();
         drop(writer);
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"seq\":3,\"timest").unwrap();

@@ -4,7 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
-use tower_plugin_api::{LogFlags, LogRecord};
+use tower_plugin_api::{LogBatch, LogFlags};
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -148,10 +148,9 @@ impl Metrics {
     }
 
     /// Counts journalled log records, their bytes and their flags.
-    pub fn log_records(&self, records: &[LogRecord]) {
+    pub fn log_records(&self, records: &LogBatch) {
         self.log_records.inc_by(records.len() as u64);
-        let bytes: usize = records.iter().map(|record| record.line.len()).sum();
-        self.log_bytes.inc_by(bytes as u64);
+        self.log_bytes.inc_by(records.text_len() as u64);
         let truncated = records.iter().filter(|record| record.flags.contains(LogFlags::TRUNCATED)).count();
         let split = records.iter().filter(|record| record.flags.contains(LogFlags::SPLIT)).count();
         self.truncated_records.inc_by(truncated as u64);

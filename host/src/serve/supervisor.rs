@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 /// Most log records gathered into one journal append (about 1 MiB of JSON for 100-byte lines).
 const MAX_APPEND_RECORDS: usize = 8192;
 use tracing::Instrument;
-use tower_plugin_api::{ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogRecord, Timestamp};
+use tower_plugin_api::{ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogBatch, LogRecord, Timestamp};
 
 /// The journal writers of one execution and what the supervisor remembers between events.
 pub struct Pump {
@@ -50,7 +50,7 @@ impl Pump {
         tracing::debug!(parent: &self.entry.span, state = status.name(), "status changed");
     }
 
-    async fn record_logs(&mut self, records: Vec<LogRecord>) {
+    async fn record_logs(&mut self, records: LogBatch) {
         if self.broken {
             return;
         }
@@ -294,10 +294,10 @@ async fn drive(mut pump: Pump, execution: Execution, mut events: EventStream, ti
                 Some(ExecutionEvent::Logs(records)) => {
                     // Batches that arrived while the last append ran go into this one, so a
                     // busy execution costs one journal write per gathered batch.
-                    let mut records = records.into_vec();
+                    let mut records = records;
                     while records.len() < MAX_APPEND_RECORDS {
                         let Some(more) = events.ready_logs() else { break };
-                        records.extend(more);
+                        records.extend_from(&more);
                     }
                     pump.record_logs(records).await;
                 }
@@ -388,19 +388,20 @@ impl ReplayFilter {
         Self { journalled, skip_journalled: None, last_status: Some(status) }
     }
 
-    async fn apply(&mut self, mut records: Vec<LogRecord>, entry: &Entry) -> Vec<LogRecord> {
-        let Some(first) = records.first() else { return records };
+    async fn apply(&mut self, records: LogBatch, entry: &Entry) -> LogBatch {
+        let Some(first) = records.iter().next().map(|line| line.to_record()) else { return records };
         let skip = match self.skip_journalled {
             Some(skip) => skip,
             None => {
-                let skip = self.journalled > 0 && first.seq == 0 && first_record_matches(entry, first).await;
+                let skip = self.journalled > 0 && first.seq == 0 && first_record_matches(entry, &first).await;
                 tracing::info!(replays_from_start = skip, journalled = self.journalled, "first log records after reattaching");
                 self.skip_journalled = Some(skip);
                 skip
             }
         };
-        if skip {
-            records.retain(|record| record.seq >= self.journalled);
+        if skip && first.seq < self.journalled {
+            let kept: Vec<LogRecord> = records.iter().filter(|record| record.seq >= self.journalled).map(|record| record.to_record()).collect();
+            return LogBatch::from_records(&kept);
         }
         records
     }

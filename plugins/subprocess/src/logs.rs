@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tower_plugin_api::sdk::{EventSink, LogLine};
-use tower_plugin_api::{Channel, LogFlags, Stream, Timestamp};
+use tower_plugin_api::sdk::EventSink;
+use tower_plugin_api::{Channel, LogBatch, LogFlags, Stream, Timestamp};
 
 /// Size of one read from a pipe. Linux pipes hold 64 KiB by default, so one read can empty one.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -35,7 +35,7 @@ impl LineSplitter {
     ///
     /// The lines that the chunk completes are checked for UTF-8 in one pass. When they are valid,
     /// the common case, each short line becomes a record by one copy of its bytes.
-    pub fn push(&mut self, chunk: &[u8], timestamp: Timestamp, out: &mut Vec<LogLine>) {
+    pub fn push(&mut self, chunk: &[u8], timestamp: Timestamp, out: &mut LogBatch) {
         let mut rest = chunk;
         if !self.partial.is_empty() {
             let Some(newline) = memchr::memchr(b'\n', rest) else {
@@ -59,7 +59,7 @@ impl LineSplitter {
                     let line = &text[start..newline];
                     start = newline + 1;
                     if line.len() <= self.max_line_bytes {
-                        out.push(self.line(line.to_owned(), LogFlags::default(), timestamp));
+                        out.push(self.stream, self.channel, line, LogFlags::default(), timestamp);
                     } else {
                         self.append(line.as_bytes(), timestamp, out);
                         self.end_line(timestamp, out);
@@ -77,45 +77,38 @@ impl LineSplitter {
     }
 
     /// Delivers the unfinished line as a finished one: its newline arrived.
-    fn end_line(&mut self, timestamp: Timestamp, out: &mut Vec<LogLine>) {
+    fn end_line(&mut self, timestamp: Timestamp, out: &mut LogBatch) {
         let line = std::mem::take(&mut self.partial);
-        out.push(self.record(&line, LogFlags::default(), timestamp));
+        self.record(&line, LogFlags::default(), timestamp, out);
     }
 
     /// Delivers what is left after end of file: a last line without a newline, flagged
     /// [`LogFlags::NO_NEWLINE`].
-    pub fn finish(&mut self, timestamp: Timestamp, out: &mut Vec<LogLine>) {
+    pub fn finish(&mut self, timestamp: Timestamp, out: &mut LogBatch) {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
-            out.push(self.record(&line, LogFlags::NO_NEWLINE, timestamp));
+            self.record(&line, LogFlags::NO_NEWLINE, timestamp, out);
         }
     }
 
     /// Adds bytes of an unfinished line, emitting pieces while it is over the maximum. A line of
     /// exactly the maximum stays whole: only a byte past it proves the line is longer.
-    fn append(&mut self, bytes: &[u8], timestamp: Timestamp, out: &mut Vec<LogLine>) {
+    fn append(&mut self, bytes: &[u8], timestamp: Timestamp, out: &mut LogBatch) {
         self.partial.extend_from_slice(bytes);
         while self.partial.len() > self.max_line_bytes {
             let cut = utf8_boundary_before(&self.partial, self.max_line_bytes);
             let piece: Vec<u8> = self.partial.drain(..cut).collect();
-            out.push(self.record(&piece, LogFlags::SPLIT, timestamp));
+            self.record(&piece, LogFlags::SPLIT, timestamp, out);
         }
     }
 
-    /// Makes a record of bytes that may not be UTF-8.
-    fn record(&self, bytes: &[u8], mut flags: LogFlags, timestamp: Timestamp) -> LogLine {
-        let line = match String::from_utf8_lossy(bytes) {
-            std::borrow::Cow::Borrowed(text) => text.to_owned(),
-            std::borrow::Cow::Owned(replaced) => {
-                flags |= LogFlags::INVALID_UTF8;
-                replaced
-            }
-        };
-        self.line(line, flags, timestamp)
-    }
-
-    fn line(&self, line: String, flags: LogFlags, timestamp: Timestamp) -> LogLine {
-        LogLine { stream: self.stream, channel: self.channel, line, flags, timestamp: Some(timestamp) }
+    /// Adds a record of bytes that may not be UTF-8 to `out`.
+    fn record(&self, bytes: &[u8], mut flags: LogFlags, timestamp: Timestamp, out: &mut LogBatch) {
+        let line = String::from_utf8_lossy(bytes);
+        if let std::borrow::Cow::Owned(_) = line {
+            flags |= LogFlags::INVALID_UTF8;
+        }
+        out.push(self.stream, self.channel, &line, flags, timestamp);
     }
 }
 
@@ -175,7 +168,7 @@ impl<R: AsyncRead + Unpin> Pipe<R> {
         match read {
             Ok(0) => self.close(batch),
             Ok(count) => {
-                let before = batch.lines.len();
+                let before = batch.mark();
                 self.splitter.push(&self.buffer[..count], Timestamp::now(), &mut batch.lines);
                 batch.count_from(before);
             }
@@ -189,7 +182,7 @@ impl<R: AsyncRead + Unpin> Pipe<R> {
 
     fn close(&mut self, batch: &mut Batch) {
         self.open = false;
-        let before = batch.lines.len();
+        let before = batch.mark();
         self.splitter.finish(Timestamp::now(), &mut batch.lines);
         batch.count_from(before);
     }
@@ -198,16 +191,23 @@ impl<R: AsyncRead + Unpin> Pipe<R> {
 /// Finished lines of both pipes, in the order they were read, waiting for one sink call.
 #[derive(Default)]
 struct Batch {
-    lines: Vec<LogLine>,
+    lines: LogBatch,
     bytes: usize,
     /// When the batch must go out even if it is small.
     deadline: Option<tokio::time::Instant>,
 }
 
 impl Batch {
-    /// Counts the lines added since index `before`, and starts the linger clock of a new batch.
-    fn count_from(&mut self, before: usize) {
-        self.bytes += self.lines[before..].iter().map(|line| line.line.len() + RECORD_COST_BYTES).sum::<usize>();
+    /// Returns the number of lines and of text bytes so far, for [`Batch::count_from`].
+    fn mark(&self) -> (usize, usize) {
+        (self.lines.len(), self.lines.text_len())
+    }
+
+    /// Counts the lines added since `mark` returned `before`, and starts the linger clock of a
+    /// new batch.
+    fn count_from(&mut self, before: (usize, usize)) {
+        let (lines, text) = self.mark();
+        self.bytes += (text - before.1) + (lines - before.0) * RECORD_COST_BYTES;
         if self.deadline.is_none() && !self.lines.is_empty() {
             self.deadline = Some(tokio::time::Instant::now() + BATCH_LINGER);
         }
@@ -224,8 +224,8 @@ impl Batch {
         if !self.lines.is_empty() {
             // The next batch is likely as long as this one: reserving it up front saves the
             // reallocations of a growing vector.
-            let next = Vec::with_capacity(self.lines.len());
-            events.log(std::mem::replace(&mut self.lines, next)).await;
+            let next = LogBatch::with_capacity(self.lines.len(), self.lines.text_len());
+            events.log_batch(std::mem::replace(&mut self.lines, next)).await;
         }
     }
 }
@@ -270,7 +270,7 @@ pub async fn forward_output<O, E>(
         }
     }
     for pipe in [&mut stdout.splitter, &mut stderr.splitter] {
-        let before = batch.lines.len();
+        let before = batch.mark();
         pipe.finish(Timestamp::now(), &mut batch.lines);
         batch.count_from(before);
     }
@@ -292,12 +292,12 @@ mod tests {
 
     fn split(max: usize, chunks: &[&[u8]]) -> Vec<(String, LogFlags)> {
         let mut splitter = LineSplitter::new(Stream::Stdout, Channel::Program, max);
-        let mut out = Vec::new();
+        let mut out = LogBatch::default();
         for chunk in chunks {
             splitter.push(chunk, NOW, &mut out);
         }
         splitter.finish(NOW, &mut out);
-        out.into_iter().map(|line| (line.line, line.flags)).collect()
+        out.iter().map(|line| (line.line.to_string(), line.flags)).collect()
     }
 
     fn plain(text: &str) -> (String, LogFlags) {
@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn memory_stays_bounded_for_endless_line() {
         let mut splitter = LineSplitter::new(Stream::Stderr, Channel::Setup, 16);
-        let mut out = Vec::new();
+        let mut out = LogBatch::default();
         let chunk = [b'x'; 1000];
         for _ in 0..100 {
             splitter.push(&chunk, NOW, &mut out);
@@ -370,7 +370,7 @@ mod tests {
     /// Splits `input` byte by byte, with none of the splitter's shortcuts.
     fn split_byte_by_byte(max: usize, input: &[u8]) -> Vec<(String, LogFlags)> {
         let mut splitter = LineSplitter::new(Stream::Stdout, Channel::Program, max);
-        let mut out = Vec::new();
+        let mut out = LogBatch::default();
         for &byte in input {
             if byte == b'\n' {
                 splitter.end_line(NOW, &mut out);
@@ -379,7 +379,7 @@ mod tests {
             }
         }
         splitter.finish(NOW, &mut out);
-        out.into_iter().map(|line| (line.line, line.flags)).collect()
+        out.iter().map(|line| (line.line.to_string(), line.flags)).collect()
     }
 
     #[test]
