@@ -312,7 +312,7 @@ impl RecordLog {
     /// Opens the writer. The log must not be complete, and there must be one writer at a time.
     pub fn writer(self: &Arc<Self>) -> Result<RecordWriter, JournalError> {
         let file = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(io_error("open for appending", &self.path))?;
-        Ok(RecordWriter { log: Arc::clone(self), file: Some(file) })
+        Ok(RecordWriter { log: Arc::clone(self), file: Some(file), buffer: Vec::new() })
     }
 
     /// Returns where to start reading for record `seq`: the byte offset of an earlier record and
@@ -401,7 +401,14 @@ pub struct RecordWriter {
     log: Arc<RecordLog>,
     /// `None` only while a blocking write owns it.
     file: Option<File>,
+    /// The buffer of the last append, kept for the next one so that a busy log reuses one
+    /// allocation instead of making a new one of a few MiB each time.
+    buffer: Vec<u8>,
 }
+
+/// Largest buffer a [`RecordWriter`] keeps between appends. A buffer is also dropped once an
+/// append fills less than a quarter of it, so a log that went quiet gives its memory back.
+const KEPT_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 impl RecordWriter {
     /// Returns the log this writer appends to.
@@ -421,8 +428,10 @@ impl RecordWriter {
             message: "an earlier write failed, so the writer is closed".to_string(),
         })?;
         let path = self.log.path.clone();
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            let mut buffer = Vec::with_capacity(records.count() * 128);
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let (file, buffer, result) = tokio::task::spawn_blocking(move || {
+            buffer.clear();
+            buffer.reserve(records.count() * 128);
             let mut new_offsets = Vec::new();
             records.write_lines(start.records, &mut buffer, &mut |seq, length| {
                 if seq % INDEX_STRIDE == 0 {
@@ -430,9 +439,12 @@ impl RecordWriter {
                 }
             });
             let written = file.write_all(&buffer).map(|()| (records.count() as u64, buffer.len() as u64, new_offsets));
-            (file, written)
+            (file, buffer, written)
         })
         .await?;
+        if buffer.capacity() <= KEPT_BUFFER_BYTES && buffer.len() >= buffer.capacity() / 4 {
+            self.buffer = buffer;
+        }
         let (count, length, new_offsets) = result.map_err(io_error("append to", &path))?;
         self.file = Some(file);
         if let Some(index) = self.log.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut() {
