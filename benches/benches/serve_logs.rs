@@ -2,9 +2,9 @@
 //! that follows `GET /v1/executions/{id}/logs?follow=true`, against the same app piped to
 //! `cat > /dev/null` in the same run.
 //!
-//! Three figures: the pipe, the live stream (from the create request to the end of the followed
-//! stream, so it includes staging the package, journalling every record and reading it back),
-//! and a replay of the finished log from the journal. The host's resident memory is sampled
+//! Three figures: the pipe, the live stream and a replay of the finished log from the journal.
+//! The live stream runs from the create request to the end of the followed stream, so it
+//! includes staging the package, journalling every record and reading it back. The host's resident memory is sampled
 //! every 100 ms while the live stream runs, to show whether it grows with the output.
 //!
 //! Needs release builds: `cargo build --release -p tower-host -p tower-plugin-subprocess`.

@@ -56,7 +56,7 @@ async fn dispatch(cli: Cli, config: Config) -> CommandResult {
 }
 
 /// Reads the config: `config check FILE`, else `--config FILE`, else the embedded default.
-/// Number of glibc malloc arenas the host uses unless `MALLOC_ARENA_MAX` says otherwise.
+/// Number of glibc malloc arenas the host uses unless `MALLOC_ARENA_MAX` is set.
 ///
 /// Log records are allocated on plugin threads and freed on host threads. With glibc's default
 /// of up to 8 arenas per core, the freed memory stayed spread over many arenas: `serve` held
@@ -70,8 +70,8 @@ const MALLOC_ARENAS: libc::c_int = 2;
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes an allocator setting; no thread other than this one runs
-        // yet, and a failure (a return of 0) leaves glibc's default in place.
+        // SAFETY: mallopt only changes an allocator setting, and no other thread runs yet. A
+        // failure (a return of 0) leaves glibc's default in place.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
         }

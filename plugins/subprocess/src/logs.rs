@@ -525,19 +525,8 @@ mod forward_tests {
     async fn small_writes_share_batches() {
         // bash's printf writes each line with a system call of its own, the way unbuffered
         // output does, so the reader sees thousands of small reads.
-        let mut child = tokio::process::Command::new("bash")
-            .args(["-c", "for ((i = 0; i < 20000; i++)); do printf '%099d\\n' $i; done"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("bash starts");
         let batches = Batches::default();
-        let (out_splitter, err_splitter) = splitters();
-        let (_stop, stopped) = tokio::sync::oneshot::channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        forward_output((stdout, out_splitter), (stderr, err_splitter), batches.sink(), stopped).await;
-        assert!(child.wait().await.unwrap().success());
+        forward_script("for ((i = 0; i < 20000; i++)); do printf '%099d\\n' $i; done", batches.sink()).await;
 
         let lines = batches.lines();
         assert_eq!(lines.len(), 20_000);
@@ -567,28 +556,32 @@ mod forward_tests {
         fn status(&self, _status: ExecutionStatus) {}
     }
 
-    /// Runs `script` with bash and forwards its output to an [`Arrivals`] recorder.
-    async fn forward_script(script: &str) -> Arrivals {
+    /// Runs `script` with bash and forwards its output to `sink` until both pipes close.
+    async fn forward_script(script: &str, sink: EventSink) {
         let mut child = tokio::process::Command::new("bash")
             .args(["-c", script])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("bash starts");
-        let arrivals = Arrivals::default();
         let (out_splitter, err_splitter) = splitters();
         let (_stop, stopped) = tokio::sync::oneshot::channel();
         let stdout = (child.stdout.take().unwrap(), out_splitter);
         let stderr = (child.stderr.take().unwrap(), err_splitter);
-        let sink = EventSink::new(EventSinkFfi_TO::from_value(arrivals.clone(), TD_Opaque));
         forward_output(stdout, stderr, sink, stopped).await;
         assert!(child.wait().await.unwrap().success());
+    }
+
+    /// Runs `script` with bash and forwards its output to an [`Arrivals`] recorder.
+    async fn arrivals_of(script: &str) -> Arrivals {
+        let arrivals = Arrivals::default();
+        forward_script(script, EventSink::new(EventSinkFfi_TO::from_value(arrivals.clone(), TD_Opaque))).await;
         arrivals
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn empty_lines_make_bounded_batches() {
-        let arrivals = forward_script("head -c 300000 /dev/zero | tr '\\0' '\\n'").await;
+        let arrivals = arrivals_of("head -c 300000 /dev/zero | tr '\\0' '\\n'").await;
         let batches = arrivals.0.lock().unwrap().0.clone();
         assert_eq!(batches.iter().sum::<usize>(), 300_000);
         // A batch is checked after each read, so it holds at most the lines of a full batch and
@@ -602,7 +595,7 @@ mod forward_tests {
     async fn busy_pipe_does_not_delay_lines() {
         // The marker on stderr comes first, then stdout stays readable for a while with empty
         // lines. The marker must not wait for the flood to end.
-        let arrivals = forward_script("echo marker >&2; head -c 5000000 /dev/zero | tr '\\0' '\\n'").await;
+        let arrivals = arrivals_of("echo marker >&2; head -c 5000000 /dev/zero | tr '\\0' '\\n'").await;
         let state = arrivals.0.lock().unwrap();
         let (line, delay) = state.1.first().cloned().expect("the marker arrived");
         assert_eq!(line, "marker");
