@@ -66,16 +66,28 @@ async fn dispatch(cli: Cli, config: Config) -> CommandResult {
 const MALLOC_ARENAS: libc::c_int = 2;
 
 /// Caps glibc's malloc arenas at [`MALLOC_ARENAS`], before any thread starts. An operator's
-/// `MALLOC_ARENA_MAX` wins.
+/// `MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`, wins.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    if operator_sets_arenas(std::env::var_os("MALLOC_ARENA_MAX"), std::env::var_os("GLIBC_TUNABLES")) {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
         // SAFETY: mallopt only changes an allocator setting, and no other thread runs yet. A
         // failure (a return of 0) leaves glibc's default in place.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
         }
     }
+}
+
+/// Tells whether the environment sets the number of malloc arenas itself: `MALLOC_ARENA_MAX`, or
+/// `glibc.malloc.arena_max` among the colon-separated `GLIBC_TUNABLES`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn operator_sets_arenas(arena_max: Option<std::ffi::OsString>, tunables: Option<std::ffi::OsString>) -> bool {
+    let in_tunables = tunables.is_some_and(|tunables| tunables.to_string_lossy().split(':').any(|tunable| tunable.starts_with("glibc.malloc.arena_max=")));
+    arena_max.is_some() || in_tunables
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
@@ -103,4 +115,19 @@ fn init_logging(config: &Config) {
 fn report(failure: Failure) -> ExitCode {
     eprintln!("tower-host: error: {:#}", failure.error);
     ExitCode::from(failure.code)
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_settings_of_arenas_win() {
+        let text = |value: &str| Some(std::ffi::OsString::from(value));
+        assert!(!operator_sets_arenas(None, None));
+        assert!(operator_sets_arenas(text("8"), None));
+        assert!(operator_sets_arenas(None, text("glibc.malloc.arena_max=4")));
+        assert!(operator_sets_arenas(None, text("glibc.malloc.trim_threshold=0:glibc.malloc.arena_max=4")));
+        assert!(!operator_sets_arenas(None, text("glibc.malloc.trim_threshold=0")));
+    }
 }

@@ -15,6 +15,9 @@ use tokio::time::Sleep;
 
 /// Most log records gathered into one journal append (about 1 MiB of JSON for 100-byte lines).
 const MAX_APPEND_RECORDS: usize = 8192;
+/// Most bytes of line text gathered into one journal append. Gathered batches no longer count
+/// against the host's buffer, so this bounds the memory they take, with long lines too.
+const MAX_APPEND_TEXT_BYTES: usize = 1024 * 1024;
 use tracing::Instrument;
 use tower_plugin_api::{ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogBatch, LogRecord, Timestamp};
 
@@ -295,7 +298,7 @@ async fn drive(mut pump: Pump, execution: Execution, mut events: EventStream, ti
                     // Batches that arrived while the last append ran go into this one, so a
                     // busy execution costs one journal write per gathered batch.
                     let mut records = records;
-                    while records.len() < MAX_APPEND_RECORDS {
+                    while records.len() < MAX_APPEND_RECORDS && records.text_len() < MAX_APPEND_TEXT_BYTES {
                         let Some(more) = events.ready_logs() else { break };
                         records.extend_from(&more);
                     }
