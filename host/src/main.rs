@@ -59,7 +59,7 @@ async fn dispatch(cli: Cli, config: Config) -> CommandResult {
 /// Number of glibc malloc arenas the host uses unless `MALLOC_ARENA_MAX` is set.
 ///
 /// Log records are allocated on plugin threads and freed on host threads. With glibc's default
-/// of up to 8 arenas per core, the freed memory stayed spread over many arenas: `serve` held
+/// of up to 8 arenas per core, the freed memory stayed spread over many arenas. `serve` used
 /// about 120 MiB while it streamed a flood of logs, and 45 MiB with 2 arenas, at the same
 /// throughput (docs/benchmarks.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -167,7 +167,7 @@ pub fn find_bwrap() -> Option<PathBuf> {
 
 /// Points `TMPDIR` of this test process at a folder of its own, once, before any test reads it,
 /// and returns the folder. The conformance kit creates the folder its apps write PID files to
-/// under `TMPDIR`, and the bubblewrap sandbox sees the host's files read-only, so settings of
+/// under `TMPDIR`, and the bubblewrap sandbox mounts the host's files read-only, so settings of
 /// the bubblewrap plugin bind this folder read-write.
 pub fn bubblewrap_tmpdir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

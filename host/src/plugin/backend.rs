@@ -92,7 +92,7 @@ impl Backend {
         let operation = format!("create execution `{run_id}`");
         let handle = call(&self.plugin.name, &operation, move || ffi.create(spec, sink)).await?;
         let execution = Execution { plugin: self.plugin.name.clone(), run_id, ffi: Arc::new(handle) };
-        Ok((execution, EventStream { receiver: Some(receiver), held: None, ended: false, plugin: self.plugin.name.clone(), budget }))
+        Ok((execution, EventStream { receiver: Some(receiver), next_status: None, ended: false, plugin: self.plugin.name.clone(), budget }))
     }
 
     /// Reattaches to an execution that an earlier host process created. Its events, starting
@@ -106,7 +106,7 @@ impl Backend {
         let id = RString::from(run_id);
         let handle = call(&self.plugin.name, &operation, move || ffi.recover(id, sink)).await?;
         let execution = Execution { plugin: self.plugin.name.clone(), run_id: run_id.to_string(), ffi: Arc::new(handle) };
-        Ok((execution, EventStream { receiver: Some(receiver), held: None, ended: false, plugin: self.plugin.name.clone(), budget }))
+        Ok((execution, EventStream { receiver: Some(receiver), next_status: None, ended: false, plugin: self.plugin.name.clone(), budget }))
     }
 
     /// Asks the backend to release backend-wide resources.
@@ -177,8 +177,8 @@ impl Execution {
 /// task that panicked does), the stream ends with a `failed` status that explains this.
 pub struct EventStream {
     receiver: Option<mpsc::Receiver<ExecutionEvent>>,
-    /// An event that [`EventStream::ready_logs`] received but did not return: a status.
-    held: Option<ExecutionEvent>,
+    /// A status that [`EventStream::ready_logs`] received but did not return.
+    next_status: Option<ExecutionEvent>,
     ended: bool,
     plugin: String,
     budget: Arc<ByteBudget>,
@@ -193,7 +193,7 @@ impl Drop for EventStream {
 impl EventStream {
     /// Returns the next event, or `None` after the terminal status.
     pub async fn next(&mut self) -> Option<ExecutionEvent> {
-        let event = match self.held.take() {
+        let event = match self.next_status.take() {
             Some(event) => Some(event),
             None => self.receiver.as_mut()?.recv().await,
         };
@@ -204,16 +204,16 @@ impl EventStream {
     /// event is not there yet or is a status. A consumer that writes in batches calls it after
     /// [`EventStream::next`] to gather what the plugin delivered meanwhile.
     pub fn ready_logs(&mut self) -> Option<LogBatch> {
-        if self.held.is_none() {
-            self.held = Some(self.receiver.as_mut()?.try_recv().ok()?);
+        if self.next_status.is_none() {
+            self.next_status = Some(self.receiver.as_mut()?.try_recv().ok()?);
         }
-        match self.held.take() {
+        match self.next_status.take() {
             Some(ExecutionEvent::Logs(records)) => {
                 self.budget.release(cost_of(&records));
                 Some(records)
             }
             other => {
-                self.held = other;
+                self.next_status = other;
                 None
             }
         }
@@ -353,7 +353,7 @@ mod tests {
         let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
         let budget = Arc::new(ByteBudget::default());
         let sink = HostEventSink { sender, budget: Arc::clone(&budget) };
-        (EventStream { receiver: Some(receiver), held: None, ended: false, plugin: "test".to_string(), budget }, sink)
+        (EventStream { receiver: Some(receiver), next_status: None, ended: false, plugin: "test".to_string(), budget }, sink)
     }
 
     fn records(lines: &[&str]) -> RVec<LogRecord> {

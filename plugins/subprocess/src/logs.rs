@@ -584,8 +584,8 @@ mod forward_tests {
         let arrivals = arrivals_of("head -c 300000 /dev/zero | tr '\\0' '\\n'").await;
         let batches = arrivals.0.lock().unwrap().0.clone();
         assert_eq!(batches.iter().sum::<usize>(), 300_000);
-        // A batch is checked after each read, so it holds at most the lines of a full batch and
-        // of one read: 1,024 + 65,536 here, a few MiB of records at most.
+        // A batch is checked after each read, so it contains at most the lines of a full batch
+        // and of one read: 1,024 + 65,536 here, a few MiB of records at most.
         let longest = batches.iter().max().copied().unwrap_or(0);
         assert!(longest <= BATCH_BYTES / RECORD_COST_BYTES + READ_CHUNK_BYTES, "a batch of {longest} empty lines");
         assert!(batches.len() >= 300_000 / (BATCH_BYTES / RECORD_COST_BYTES + READ_CHUNK_BYTES), "{} batches", batches.len());
