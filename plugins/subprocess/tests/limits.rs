@@ -10,9 +10,9 @@ use tower_plugin_subprocess::settings::CgroupMode;
 /// Returns the folder of the cgroup whose name starts with `prefix` that the backend made under
 /// this process's own cgroup in the v1 hierarchy of `controller`.
 ///
-/// The folder is found from this side rather than from the app's `/proc/self/cgroup`: on some
+/// The folder is found from this side rather than from the app's `/proc/self/cgroup`. On some
 /// build machines a process manager outside the product moves new processes back into its own
-/// memory cgroup (`process_api/<id>`), now and then before the app reads its membership.
+/// memory cgroup (`process_api/<id>`), sometimes before the app reads its membership.
 fn v1_execution_cgroup_dir(controller: &str, prefix: &str) -> Option<std::path::PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let path = own.lines().find_map(|line| {
