@@ -343,7 +343,6 @@ async fn call<T: Send + 'static>(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

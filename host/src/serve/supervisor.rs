@@ -12,14 +12,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
+use tracing::Instrument;
+use tower_plugin_api::{ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogBatch, LogRecord, Timestamp};
 
 /// Most log records gathered into one journal append (about 1 MiB of JSON for 100-byte lines).
 const MAX_APPEND_RECORDS: usize = 8192;
 /// Most bytes of line text gathered into one journal append. Gathered batches no longer count
 /// against the host's buffer, so this bounds the memory they take, with long lines too.
 const MAX_APPEND_TEXT_BYTES: usize = 1024 * 1024;
-use tracing::Instrument;
-use tower_plugin_api::{ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogBatch, LogRecord, Timestamp};
 
 /// The journal writers of one execution and what the supervisor remembers between events.
 pub struct Pump {
