@@ -115,6 +115,12 @@ impl Backend for SubprocessBackend {
 }
 
 impl SubprocessBackend {
+    /// Returns where executions get their cgroups, or `None` when they get none. The folders are
+    /// the ones found when the backend started, whatever cgroup the host process is in now.
+    pub fn cgroups(&self) -> Option<&CgroupManager> {
+        self.context.cgroups.as_ref()
+    }
+
     async fn create_in_span(&self, spec: ExecutionSpec, events: EventSink) -> Result<SubprocessExecution, PluginError> {
         let status = Arc::new(StatusCell::new(ExecutionStatus::new(ExecutionState::preparing(SetupPhaseKind::Queued))));
         let reporter = Reporter::new(events, Arc::clone(&status), Timestamp::now());

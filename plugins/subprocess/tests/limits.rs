@@ -5,25 +5,8 @@ mod common;
 use common::{state, Harness, PackageBuilder};
 use tower_plugin_api::sdk::Backend;
 use tower_plugin_api::{Channel, ExecutionState, Stream};
+use tower_plugin_subprocess::cgroup::Controller;
 use tower_plugin_subprocess::settings::CgroupMode;
-
-/// Returns the folder of the cgroup whose name starts with `prefix` that the backend made under
-/// this process's own cgroup in the v1 hierarchy of `controller`.
-///
-/// The folder is found from this side rather than from the app's `/proc/self/cgroup`. On some
-/// build machines a process manager outside the product moves new processes back into its own
-/// memory cgroup (`process_api/<id>`), sometimes before the app reads its membership.
-fn v1_execution_cgroup_dir(controller: &str, prefix: &str) -> Option<std::path::PathBuf> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers.split(',').any(|name| name == controller).then(|| path.to_string())
-    })?;
-    let parent = std::path::PathBuf::from(format!("/sys/fs/cgroup/{controller}{path}")).join("tower-host");
-    let entries = std::fs::read_dir(&parent).ok()?;
-    entries.filter_map(Result::ok).find(|entry| entry.file_name().to_string_lossy().starts_with(prefix)).map(|entry| entry.path())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cgroup_limits_are_written() {
@@ -39,20 +22,25 @@ async fn cgroup_limits_are_written() {
     let (execution, recorder) = harness.start_spec(spec).await;
     recorder.line_containing(Channel::Program, "ready").await;
 
-    let read = |controller: &str, file: &str| {
-        let dir = v1_execution_cgroup_dir(controller, "run-limits-").unwrap_or_else(|| panic!("the execution has no {controller} cgroup"));
+    // The folders come from the backend's own record rather than from the app's
+    // `/proc/self/cgroup`. On some build machines a process manager outside the product moves
+    // processes between memory cgroups (into `process_api/<id>`), the app and this test too.
+    let manager = harness.backend.cgroups().expect("cgroup v1 is in use");
+    let cgroup = harness.execution_names().iter().find_map(|name| manager.existing(name)).expect("the execution has a cgroup");
+    let read = |controller: Controller, file: &str| {
+        let dir = cgroup.dir_of(controller).unwrap_or_else(|| panic!("the execution has no {} cgroup", controller.name()));
         std::fs::read_to_string(dir.join(file)).unwrap().trim().to_string()
     };
     let capabilities = harness.backend.capabilities();
     if capabilities.enforced_limits.memory {
-        assert_eq!(read("memory", "memory.limit_in_bytes"), (256u64 * 1024 * 1024).to_string());
+        assert_eq!(read(Controller::Memory, "memory.limit_in_bytes"), (256u64 * 1024 * 1024).to_string());
     }
     if capabilities.enforced_limits.max_processes {
-        assert_eq!(read("pids", "pids.max"), "64");
+        assert_eq!(read(Controller::Pids, "pids.max"), "64");
     }
     if capabilities.enforced_limits.cpu {
-        let period: u64 = read("cpu", "cpu.cfs_period_us").parse().unwrap();
-        assert_eq!(read("cpu", "cpu.cfs_quota_us"), (period / 2).to_string());
+        let period: u64 = read(Controller::Cpu, "cpu.cfs_period_us").parse().unwrap();
+        assert_eq!(read(Controller::Cpu, "cpu.cfs_quota_us"), (period / 2).to_string());
     }
 
     tower_plugin_api::sdk::Execution::kill(&execution).await.unwrap();

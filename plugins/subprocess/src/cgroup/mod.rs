@@ -178,7 +178,8 @@ impl ExecutionCgroup {
         &self.hierarchies[0].dir
     }
 
-    fn dir_of(&self, controller: Controller) -> Option<&Path> {
+    /// Returns the folder of the hierarchy that has `controller`, if the cgroup uses it.
+    pub fn dir_of(&self, controller: Controller) -> Option<&Path> {
         self.hierarchies.iter().find(|hierarchy| hierarchy.controllers.contains(&controller)).map(|h| h.dir.as_path())
     }
 

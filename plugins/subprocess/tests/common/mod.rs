@@ -280,6 +280,12 @@ impl Harness {
         (status, recorder)
     }
 
+    /// Returns the names of the execution folders, which are also the names of their cgroups.
+    pub fn execution_names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.executions_dir()) else { return Vec::new() };
+        entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect()
+    }
+
     pub fn executions_dir(&self) -> PathBuf {
         self.work.path().join("work").join("executions")
     }
@@ -296,10 +302,9 @@ impl Drop for Harness {
     /// Removes the cgroups of the executions that a test did not clean up, since they outlive
     /// the temporary work folder.
     fn drop(&mut self) {
-        let Ok(manager) = tower_plugin_subprocess::cgroup::probe() else { return };
-        let Ok(entries) = std::fs::read_dir(self.executions_dir()) else { return };
-        for entry in entries.flatten() {
-            if let Some(cgroup) = manager.existing(&entry.file_name().to_string_lossy()) {
+        let Some(manager) = self.backend.cgroups() else { return };
+        for name in self.execution_names() {
+            if let Some(cgroup) = manager.existing(&name) {
                 if let Err(error) = cgroup.remove() {
                     eprintln!("failed to remove test cgroup {}: {error}", cgroup.path().display());
                 }
