@@ -81,8 +81,8 @@ fn processes_with(marker: &str) -> Vec<String> {
 }
 
 /// Runs `app` through the template with a timeout and returns the first run that printed
-/// `started`. On a busy machine SIGTERM can come before bash has set the app's `trap`, so bash
-/// dies of it; such a run is repeated with a longer timeout. `check` runs on every output.
+/// `started`. On a busy machine SIGTERM can come before bash has set the app's `trap`, and bash
+/// dies of it. Such a run is repeated with a longer timeout. `check` runs on every output.
 fn run_until_started(app: &std::path::Path, check: impl Fn(&HostOutput, &std::path::Path)) -> HostOutput {
     let tmpdir = bubblewrap_tmpdir();
     for timeout in ["2s", "6s", "15s"] {
@@ -142,4 +142,37 @@ fn template_timeout_sends_sigterm_first() {
     assert!(events.iter().any(|event| event["line"] == "got TERM"), "{output:?}");
     let terminal = events.last().expect("at least one event");
     assert_eq!(terminal["forced"], false, "{output:?}");
+}
+
+#[test]
+fn template_sandbox_survives_idle_plugin_threads() {
+    let tmpdir = bubblewrap_tmpdir();
+    if skip_unless(find_bwrap().is_some(), "bwrap (Debian package bubblewrap) is not on PATH") {
+        return;
+    }
+    // `--die-with-parent` kills a sandbox when the thread that started `bwrap` exits. Delivering
+    // a burst of output hands tokio worker threads over to the blocking pool, which ends a thread
+    // after 10 s idle, so the app writes a burst and then stays quiet for longer than that. Four
+    // executions at once make it likely that one of them was started by such a thread.
+    let app = tempfile::tempdir_in(&tmpdir).unwrap();
+    std::fs::write(app.path().join("Towerfile"), "[app]\nname = \"quiet\"\nscript = \"./main.sh\"\n").unwrap();
+    std::fs::write(app.path().join("main.sh"), "seq 1 300000\nsleep 13\necho finished\n").unwrap();
+
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let app = app.path().to_path_buf();
+            let tmpdir = tmpdir.clone();
+            std::thread::spawn(move || {
+                let work = tempfile::tempdir_in(&tmpdir).unwrap();
+                let settings = format!("work_dir = {:?}", work.path().join("work").display().to_string());
+                let config = TestConfig::new(&shipped_plugin("bubblewrap"), &settings);
+                capture(host(Some(&config.path)).arg("run").arg(&app))
+            })
+        })
+        .collect();
+    for run in runs {
+        let output = run.join().unwrap();
+        assert_eq!(output.code, Some(0), "{}", output.stderr);
+        assert_eq!(output.stdout.lines().last(), Some("finished"), "{}", output.stderr);
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::driver::{self, Job};
 use crate::execution::{BubblewrapExecution, Control};
+use crate::sandbox::Spawner;
 use crate::settings::{self, Settings};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub struct BubblewrapBackend {
     bwrap: PathBuf,
     uv: Option<PathBuf>,
     work_dir: PathBuf,
+    spawner: Spawner,
 }
 
 /// Finds `program`: a path containing `/` as is, else the first match on the host's `PATH`.
@@ -72,7 +74,8 @@ impl Backend for BubblewrapBackend {
         };
         let work_dir = settings.work_dir();
         settings::prepare_work_dir(&work_dir)?;
-        Ok(Self { settings, bwrap, uv, work_dir })
+        let spawner = Spawner::start().map_err(|error| PluginError::internal(format!("failed to start the bwrap spawner thread: {error}")))?;
+        Ok(Self { settings, bwrap, uv, work_dir, spawner })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -117,6 +120,7 @@ impl Backend for BubblewrapBackend {
         events.status(first);
         let job = Job {
             bwrap: self.bwrap.clone(),
+            spawner: self.spawner.clone(),
             uv: self.uv.clone(),
             uv_args: self.settings.uv_args.clone(),
             writable_paths: self.settings.writable_paths.clone(),

@@ -2,7 +2,7 @@
 
 use crate::execution::{Control, StopReason};
 use crate::logs;
-use crate::sandbox::{self, SandboxCommand};
+use crate::sandbox::{self, SandboxCommand, Spawner};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +23,8 @@ const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct Job {
     /// The `bwrap` program.
     pub bwrap: PathBuf,
+    /// The thread that starts `bwrap`.
+    pub spawner: Spawner,
     /// uv, when Python apps are supported.
     pub uv: Option<PathBuf>,
     /// Extra arguments for every uv command.
@@ -171,13 +173,13 @@ async fn run(job: &Job, spec: &ExecutionSpec, control: &Arc<Control>, sink: &Eve
 /// Runs one command in the sandbox, streams its output on `channel` and waits until nothing of
 /// it runs. Reports `running` when the program channel's process started.
 async fn run_step(job: &Job, control: &Control, sink: &EventSink, command: &SandboxCommand, channel: Channel) -> StepEnd {
-    let mut bwrap_command = sandbox::bwrap_command(&job.bwrap, &job.folder, &job.writable_paths, command);
+    let bwrap_command = sandbox::bwrap_command(&job.bwrap, &job.folder, &job.writable_paths, command);
     let spawned = {
         let mut state = control.lock();
         if state.stop.is_some() {
             return StepEnd::Stopped;
         }
-        let spawned = bwrap_command.spawn();
+        let spawned = job.spawner.spawn(bwrap_command);
         if let Ok(child) = &spawned {
             state.sandbox = child.id().map(|pid| (pid, None));
         }

@@ -6,9 +6,16 @@
 //! and process group of their own. So a polite stop sends SIGTERM to that process group, and a
 //! forced stop sends SIGKILL to the init: when PID 1 of a namespace dies, the kernel kills every
 //! other process in it.
+//!
+//! `--die-with-parent` kills the sandbox when the thread that started `bwrap` exits, because
+//! Linux ties `PR_SET_PDEATHSIG` to the parent thread, not to the parent process. A tokio worker
+//! thread can leave its runtime and exit after 10 s idle, so every `bwrap` is started by the one
+//! [`Spawner`] thread, which lives while the backend or a running execution needs it.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// One command to run in the sandbox.
@@ -47,6 +54,45 @@ pub fn bwrap_command(bwrap: &Path, execution_dir: &Path, writable: &[PathBuf], c
         .process_group(0)
         .kill_on_drop(true);
     bwrap_command
+}
+
+/// A handle to the thread that starts every `bwrap` process. The thread ends when the last
+/// handle is dropped, and `--die-with-parent` then kills the sandboxes it started, so each
+/// execution keeps a handle until its sandbox is gone.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    requests: mpsc::Sender<SpawnRequest>,
+}
+
+/// A command for the spawner thread, and where its result goes.
+struct SpawnRequest {
+    command: tokio::process::Command,
+    reply: mpsc::SyncSender<io::Result<tokio::process::Child>>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread. Must run inside the tokio runtime that will wait for the
+    /// children, because the thread spawns them in that runtime's context.
+    pub fn start() -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let (requests, receiver) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new().name("bwrap-spawner".to_string()).spawn(move || {
+            let _context = runtime.enter();
+            for mut request in receiver {
+                // The requester waits for the reply, unless it was cancelled meanwhile.
+                let _ = request.reply.send(request.command.spawn());
+            }
+        })?;
+        Ok(Self { requests })
+    }
+
+    /// Starts `command` on the spawner thread. Blocks the caller for as long as the fork and
+    /// exec take.
+    pub fn spawn(&self, command: tokio::process::Command) -> io::Result<tokio::process::Child> {
+        let (reply, result) = mpsc::sync_channel(1);
+        self.requests.send(SpawnRequest { command, reply }).map_err(|_| io::Error::other("the bwrap spawner thread has exited"))?;
+        result.recv().map_err(|_| io::Error::other("the bwrap spawner thread exited before it started the sandbox"))?
+    }
 }
 
 /// Returns the children of process `pid`, from `/proc/<pid>/task/<pid>/children`.
