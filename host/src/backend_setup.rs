@@ -9,6 +9,11 @@ use std::sync::Arc;
 pub async fn load_configured_plugin(config: &Config) -> Result<Arc<LoadedPlugin>, Failure> {
     let selector = config.selector().map_err(Failure::usage)?;
     let folders = discovery::search_paths(config);
+    if matches!(selector, PluginSelector::Name(_)) {
+        for warning in discovery::folder_warnings(config, &folders) {
+            tracing::warn!("{warning}");
+        }
+    }
     let path = discovery::resolve(&selector, &folders).map_err(|searched| {
         let PluginSelector::Name(name) = &selector else { unreachable!("a path selector always resolves") };
         let searched: Vec<_> = searched.iter().map(|folder| folder.display().to_string()).collect();

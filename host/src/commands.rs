@@ -11,6 +11,9 @@ use std::path::PathBuf;
 /// Exits with the host-failure code when any plugin cannot be loaded.
 pub async fn plugins_list(config: &Config) -> CommandResult {
     let folders = discovery::search_paths(config);
+    for warning in discovery::folder_warnings(config, &folders) {
+        eprintln!("warning: {warning}");
+    }
     let candidates = discovery::find_all(&folders);
     if candidates.is_empty() {
         let searched: Vec<_> = folders.iter().map(|folder| folder.display().to_string()).collect();

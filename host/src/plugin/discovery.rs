@@ -40,6 +40,23 @@ pub fn search_paths(config: &Config) -> Vec<PathBuf> {
     paths
 }
 
+/// Returns one warning for each search folder that cannot be listed: any configured folder,
+/// and a default folder for a reason other than not existing (a missing default is normal).
+pub fn folder_warnings(config: &Config, folders: &[PathBuf]) -> Vec<String> {
+    let configured = config.plugins.search_paths.is_some();
+    folders
+        .iter()
+        .filter_map(|folder| match std::fs::read_dir(folder) {
+            Ok(_) => None,
+            Err(error) if !configured && error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                let action = if configured { "fix or remove it in" } else { "set other folders in" };
+                Some(format!("failed to list plugin folder {}: {error}; {action} `plugins.search_paths` of {}", folder.display(), config.source))
+            }
+        })
+        .collect()
+}
+
 /// Resolves the configured plugin to a file: a path as given, or the first search folder that
 /// has the plugin's file. On failure, returns the folders that were searched.
 pub fn resolve(selector: &PluginSelector, folders: &[PathBuf]) -> Result<PathBuf, Vec<PathBuf>> {
@@ -89,6 +106,21 @@ mod tests {
         }
         let names: Vec<_> = find_all(&[dir.path().to_path_buf()]).into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["alpha", "zeta"]);
+    }
+
+    #[test]
+    fn folder_warnings_name_configured_missing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let mut config = Config::parse("[backend]\nplugin = \"subprocess\"\n", "test.toml").unwrap();
+        let folders = vec![dir.path().to_path_buf(), missing.clone()];
+        assert_eq!(folder_warnings(&config, &folders), Vec::<String>::new(), "a missing default folder is normal");
+
+        config.plugins.search_paths = Some(folders.clone());
+        let warnings = folder_warnings(&config, &folders);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains(&missing.display().to_string()), "{warnings:?}");
+        assert!(warnings[0].contains("plugins.search_paths"), "{warnings:?}");
     }
 
     #[test]
