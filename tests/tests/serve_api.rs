@@ -546,3 +546,35 @@ fn retention_removes_finished_executions() {
     }
     assert!(!setup.state_dir.join("executions/short-lived").exists());
 }
+
+#[test]
+fn log_limit_drops_output_and_notes_it() {
+    let setup = scripted("max_log_bytes = 8192");
+    let host = setup.start();
+    create(&host.client, "chatty", &hello(), &[("lines", "1000")]);
+    let finished = host.wait_finished("chatty", FINISH_TIMEOUT);
+    assert_eq!(finished["status"]["state"], "exited", "{finished}");
+
+    let text = host.client.get("/v1/executions/chatty/logs").text();
+    let records: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let program_records = records.iter().take_while(|record| record["channel"] == "program").count();
+    assert!(program_records > 0, "no program line was journalled");
+    assert!(program_records < 1000, "all {program_records} program lines were journalled");
+    let lines: Vec<&str> = records.iter().map(|record| record["line"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..program_records).map(|n| format!("line {n}")).collect();
+    assert_eq!(lines[..program_records], expected);
+    assert_eq!(seqs(&records), (0..records.len() as u64).collect::<Vec<_>>());
+
+    // The program records fill the limit as far as whole records go; the host's notes follow.
+    let program_bytes: usize = text.lines().take(program_records).map(|line| line.len() + 1).sum();
+    assert!(program_bytes <= 8192, "{program_bytes} bytes of program lines");
+    assert!(program_bytes > 8192 - 200, "{program_bytes} bytes of program lines");
+    assert_eq!(lines.len(), program_records + 2, "{lines:?}");
+    assert_eq!(lines[program_records], "tower-host: this execution's log reached serve.max_log_bytes (8192 bytes), so its further output is dropped");
+    assert_eq!(lines[program_records + 1], format!("tower-host: dropped {} log records over serve.max_log_bytes (8192 bytes)", 1000 - program_records));
+    assert_eq!(records[program_records]["channel"], "setup");
+
+    let metrics = host.client.get("/v1/metrics").text();
+    assert!(metrics.contains(&format!("tower_host_log_records_dropped_total {}", 1000 - program_records)), "{metrics}");
+    assert!(metrics.contains("tower_host_log_records_total 1000"), "{metrics}");
+}

@@ -67,6 +67,9 @@ pub struct ServeConfig {
     /// Grace period of `terminate` requests that name none, and of the host-enforced timeout.
     #[serde(deserialize_with = "duration")]
     pub stop_grace: Duration,
+    /// Maximum size of one execution's `logs.ndjson` in bytes; further output is dropped.
+    /// Default: no limit.
+    pub max_log_bytes: Option<u64>,
 }
 
 impl Default for ServeConfig {
@@ -87,6 +90,7 @@ impl Default for ServeConfig {
             shutdown: ShutdownPolicy::Terminate,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             stop_grace: DEFAULT_STOP_GRACE,
+            max_log_bytes: None,
         }
     }
 }
@@ -144,6 +148,9 @@ impl ServeConfig {
         }
         if self.max_header_bytes < MIN_MAX_HEADER_BYTES {
             return Err(format!("`serve.max_header_bytes` must be at least {MIN_MAX_HEADER_BYTES}, got {}", self.max_header_bytes));
+        }
+        if self.max_log_bytes == Some(0) {
+            return Err("`serve.max_log_bytes` must be at least 1; leave it out for no limit".to_string());
         }
         if self.max_package_bytes == 0 || self.max_spec_bytes == 0 || self.max_connections == 0 {
             return Err("`serve.max_package_bytes`, `serve.max_spec_bytes` and `serve.max_connections` must be at least 1".to_string());
@@ -212,6 +219,14 @@ mod tests {
     fn bad_duration_names_the_value() {
         let error = parse("retention = \"soon\"\n").unwrap_err();
         assert!(error.contains("invalid duration `soon`"), "{error}");
+    }
+
+    #[test]
+    fn log_limit_parses_and_rejects_zero() {
+        assert_eq!(parse("").unwrap().max_log_bytes, None);
+        assert_eq!(parse("max_log_bytes = 1048576\n").unwrap().max_log_bytes, Some(1_048_576));
+        let error = parse("max_log_bytes = 0\n").unwrap_err();
+        assert!(error.contains("serve.max_log_bytes"), "{error}");
     }
 
     #[test]

@@ -406,6 +406,17 @@ pub struct RecordWriter {
     buffer: Vec<u8>,
 }
 
+/// The outcome of [`RecordWriter::append_within`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number of the first record written, or of the next record when none was.
+    pub first_seq: u64,
+    /// Number of records written.
+    pub written: usize,
+    /// Number of records dropped at the size limit.
+    pub dropped: usize,
+}
+
 /// Largest buffer a [`RecordWriter`] keeps between appends. A buffer is also dropped once an
 /// append fills less than a quarter of it, so a log that went quiet gives its memory back.
 const KEPT_BUFFER_BYTES: usize = 4 * 1024 * 1024;
@@ -418,10 +429,17 @@ impl RecordWriter {
 
     /// Numbers the records from the log's next sequence number, appends them with one write, and
     /// then publishes them to readers. Returns the first sequence number given.
-    pub async fn append<R: Records>(&mut self, mut records: R) -> Result<u64, JournalError> {
+    pub async fn append<R: Records>(&mut self, records: R) -> Result<u64, JournalError> {
+        Ok(self.append_within(records, None).await?.first_seq)
+    }
+
+    /// Appends like [`append`](Self::append), but when `max_bytes` is set, only the leading
+    /// records that keep the file within `max_bytes` are written and the others are dropped.
+    pub async fn append_within<R: Records>(&mut self, mut records: R, max_bytes: Option<u64>) -> Result<Appended, JournalError> {
         let start = self.log.committed();
-        if records.count() == 0 {
-            return Ok(start.records);
+        let count = records.count();
+        if count == 0 || max_bytes.is_some_and(|max| start.bytes >= max) {
+            return Ok(Appended { first_seq: start.records, written: 0, dropped: count });
         }
         let mut file = self.file.take().ok_or_else(|| JournalError::Corrupt {
             path: self.log.path.clone(),
@@ -431,30 +449,45 @@ impl RecordWriter {
         let mut buffer = std::mem::take(&mut self.buffer);
         let (file, buffer, result) = tokio::task::spawn_blocking(move || {
             buffer.clear();
-            buffer.reserve(records.count() * 128);
+            buffer.reserve(count * 128);
             let mut new_offsets = Vec::new();
+            // Where each record starts in `buffer`, collected only when the append may be cut.
+            let mut starts = Vec::new();
             records.write_lines(start.records, &mut buffer, &mut |seq, length| {
                 if seq % INDEX_STRIDE == 0 {
-                    new_offsets.push(start.bytes + length as u64);
+                    new_offsets.push((seq, start.bytes + length as u64));
+                }
+                if max_bytes.is_some() {
+                    starts.push(length);
                 }
             });
-            let written = file.write_all(&buffer).map(|()| (records.count() as u64, buffer.len() as u64, new_offsets));
-            (file, buffer, written)
+            let mut records_written = count;
+            if let Some(room) = max_bytes.map(|max| max - start.bytes) {
+                if buffer.len() as u64 > room {
+                    // `starts` rises, and a record fits when the next one starts within `room`.
+                    records_written = starts.iter().rposition(|&offset| offset as u64 <= room).unwrap_or(0);
+                    buffer.truncate(starts[records_written]);
+                    new_offsets.retain(|&(seq, _)| seq < start.records + records_written as u64);
+                }
+            }
+            let offsets: Vec<u64> = new_offsets.into_iter().map(|(_, offset)| offset).collect();
+            let outcome = file.write_all(&buffer).map(|()| (records_written, buffer.len() as u64, offsets));
+            (file, buffer, outcome)
         })
         .await?;
         if buffer.capacity() <= KEPT_BUFFER_BYTES && buffer.len() >= buffer.capacity() / 4 {
             self.buffer = buffer;
         }
-        let (count, length, new_offsets) = result.map_err(io_error("append to", &path))?;
+        let (records_written, length, new_offsets) = result.map_err(io_error("append to", &path))?;
         self.file = Some(file);
         if let Some(index) = self.log.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut() {
             index.extend(new_offsets);
         }
         self.log.committed.send_modify(|committed| {
-            committed.records += count;
+            committed.records += records_written as u64;
             committed.bytes += length;
         });
-        Ok(start.records)
+        Ok(Appended { first_seq: start.records, written: records_written, dropped: count - records_written })
     }
 
     /// Flushes the file's data to the disk (`fdatasync`).
@@ -651,6 +684,34 @@ mod tests {
         assert_eq!(read.iter().map(|record| record.line.to_string()).collect::<Vec<_>>(), lines.iter().map(|record| record.line.to_string()).collect::<Vec<_>>());
         let text = |log: &RecordLog| std::fs::read(&log.path).unwrap();
         assert_eq!(text(&from_batches), text(&from_records));
+    }
+
+    #[tokio::test]
+    async fn append_within_stops_at_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RecordLog::create(dir.path().join(LOGS_FILE)).unwrap();
+        let mut writer = log.writer().unwrap();
+        let records: Vec<LogRecord> = (0..2000).map(|n| record(&format!("line {n:04}"))).collect();
+        let mut starts = Vec::new();
+        records.clone().write_lines(0, &mut Vec::new(), &mut |_, length| starts.push(length as u64));
+        // Room for 1500 records and half of the next one: the index gets its entry for record 1024.
+        let max = starts[1500] + (starts[1501] - starts[1500]) / 2;
+        let appended = writer.append_within(records, Some(max)).await.unwrap();
+        assert_eq!(appended, Appended { first_seq: 0, written: 1500, dropped: 500 });
+        assert_eq!(log.committed().records, 1500);
+        assert_eq!(log.committed().bytes, starts[1500]);
+        assert_eq!(std::fs::metadata(log.path()).unwrap().len(), starts[1500]);
+
+        let full = writer.append_within(vec![record("late")], Some(max)).await.unwrap();
+        assert_eq!(full, Appended { first_seq: 1500, written: 0, dropped: 1 });
+        let read = read_to_end(&log, 1024).await;
+        assert_eq!(read.len(), 476);
+        assert_eq!(read[0].line, "line 1024");
+        assert_eq!(read.last().unwrap().line, "line 1499");
+
+        // Without a limit the log goes on, numbered without a gap.
+        assert_eq!(writer.append(vec![record("note")]).await.unwrap(), 1500);
+        assert_eq!(read_to_end(&log, 1500).await[0].line, "note");
     }
 
     #[tokio::test]

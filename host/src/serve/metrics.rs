@@ -57,6 +57,7 @@ pub struct Metrics {
     log_bytes: Counter,
     truncated_records: Counter,
     split_records: Counter,
+    dropped_records: Counter,
     active: Gauge,
     queued: Gauge,
     recoveries: Family<ResultLabel, Counter>,
@@ -82,6 +83,7 @@ impl Metrics {
             log_bytes: Counter::default(),
             truncated_records: Counter::default(),
             split_records: Counter::default(),
+            dropped_records: Counter::default(),
             active: Gauge::default(),
             queued: Gauge::default(),
             recoveries: Family::default(),
@@ -102,10 +104,11 @@ impl Metrics {
             metrics.backend_create_seconds.clone(),
         );
 
-        registry.register("log_records", "Log records journalled", metrics.log_records.clone());
-        registry.register("log_bytes", "Bytes of log lines journalled, without newlines", metrics.log_bytes.clone());
+        registry.register("log_records", "Log records received from the backend, dropped ones included", metrics.log_records.clone());
+        registry.register("log_bytes", "Bytes of log lines received from the backend, without newlines", metrics.log_bytes.clone());
         registry.register("log_records_truncated", "Log records flagged as truncated by the backend", metrics.truncated_records.clone());
         registry.register("log_records_split", "Log records flagged as split from a longer line", metrics.split_records.clone());
+        registry.register("log_records_dropped", "Log records dropped because their execution's log reached serve.max_log_bytes", metrics.dropped_records.clone());
 
         registry.register("executions_active", "Executions handed to the backend and not yet ended", metrics.active.clone());
         registry.register("executions_queued", "Executions waiting for a slot", metrics.queued.clone());
@@ -155,6 +158,11 @@ impl Metrics {
         let split = records.iter().filter(|record| record.flags.contains(LogFlags::SPLIT)).count();
         self.truncated_records.inc_by(truncated as u64);
         self.split_records.inc_by(split as u64);
+    }
+
+    /// Counts log records dropped at `serve.max_log_bytes`.
+    pub fn log_records_dropped(&self, count: usize) {
+        self.dropped_records.inc_by(count as u64);
     }
 
     /// Changes the number of executions handed to the backend.

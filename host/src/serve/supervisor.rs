@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 use tracing::Instrument;
-use tower_plugin_api::{ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogBatch, LogRecord, Timestamp};
+use tower_plugin_api::{
+    Channel, ErrorKind, ExecutionSpec, ExecutionState, ExecutionStatus, FailureStageKind, LogBatch, LogFlags, LogRecord, Stream, Timestamp,
+};
 
 /// Most log records gathered into one journal append (about 1 MiB of JSON for 100-byte lines).
 const MAX_APPEND_RECORDS: usize = 8192;
@@ -30,12 +32,14 @@ pub struct Pump {
     replay: Option<ReplayFilter>,
     /// Set after a journal write failed: nothing more is written.
     broken: bool,
+    /// Log records dropped because the log reached `serve.max_log_bytes`.
+    dropped_records: u64,
 }
 
 impl Pump {
     /// Creates the pump of an entry from its open writers.
     pub fn new(ctx: Arc<ServeContext>, entry: Arc<Entry>, logs: RecordWriter, events: RecordWriter) -> Self {
-        Self { ctx, entry, logs, events, replay: None, broken: false }
+        Self { ctx, entry, logs, events, replay: None, broken: false, dropped_records: 0 }
     }
 
     /// Journals a non-terminal status and makes it current.
@@ -65,9 +69,25 @@ impl Pump {
             return;
         }
         self.ctx.metrics.log_records(&records);
-        if let Err(error) = self.logs.append(records).await {
-            self.journal_failed(&error);
+        match self.logs.append_within(records, self.ctx.config.max_log_bytes).await {
+            Ok(appended) if appended.dropped > 0 => self.count_dropped(appended.dropped).await,
+            Ok(_) => {}
+            Err(error) => self.journal_failed(&error),
         }
+    }
+
+    /// Counts records dropped at `serve.max_log_bytes`, and notes the first drop in the log.
+    async fn count_dropped(&mut self, dropped: usize) {
+        self.ctx.metrics.log_records_dropped(dropped);
+        if self.dropped_records == 0 {
+            let max = self.ctx.config.max_log_bytes.unwrap_or_default();
+            tracing::warn!(parent: &self.entry.span, max_log_bytes = max, "the execution's log reached serve.max_log_bytes; dropping its further output");
+            let note = format!("tower-host: this execution's log reached serve.max_log_bytes ({max} bytes), so its further output is dropped");
+            if let Err(error) = self.logs.append(vec![host_note(note)]).await {
+                self.journal_failed(&error);
+            }
+        }
+        self.dropped_records += dropped as u64;
     }
 
     /// Publishes the terminal status: flushes the logs to the disk, journals the status, records
@@ -117,6 +137,11 @@ impl Pump {
 
     /// Makes the logs durable, then journals the terminal status durably.
     async fn journal_end(&mut self, status: &ExecutionStatus) -> Result<(), JournalError> {
+        if self.dropped_records > 0 {
+            let max = self.ctx.config.max_log_bytes.unwrap_or_default();
+            let note = format!("tower-host: dropped {} log records over serve.max_log_bytes ({max} bytes)", self.dropped_records);
+            self.logs.append(vec![host_note(note)]).await?;
+        }
         self.logs.sync().await?;
         let record = EventRecord { seq: 0, recorded_at: Timestamp::now(), status: status.clone() };
         self.events.append(vec![record]).await?;
@@ -143,6 +168,11 @@ impl Pump {
             .started(status.started_at.into_option())
             .ended(status.ended_at.into_option())
     }
+}
+
+/// Returns a log record of the host's own, on the setup channel's stderr.
+fn host_note(line: String) -> LogRecord {
+    LogRecord { seq: 0, timestamp: Timestamp::now(), stream: Stream::Stderr, channel: Channel::Setup, line: line.into(), flags: LogFlags::default() }
 }
 
 /// Starts the supervisor of a new execution. `slot` is `None` when it must wait in the queue.
