@@ -7,6 +7,7 @@ use crate::exit_code;
 use crate::failure::{CommandResult, Failure};
 use crate::output::Output;
 use crate::plugin::{Execution, ExecutionEvent};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -25,7 +26,9 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
     // Signals are caught from the start, so that Ctrl-C while a folder is packed or the plugin
     // loads ends the host cleanly and removes the temp folder.
     let mut signals = Signals::listen()?;
-    let temp = tempfile::Builder::new().prefix("tower-host-run-").tempdir().map_err(|error| {
+    remove_stale_run_folders(&std::env::temp_dir());
+    let prefix = format!("{RUN_FOLDER_PREFIX}{}-", std::process::id());
+    let temp = tempfile::Builder::new().prefix(&prefix).tempdir().map_err(|error| {
         Failure::host(anyhow::anyhow!("failed to create a temp folder for the package: {error}; check TMPDIR"))
     })?;
     let input_path = args.input.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -102,6 +105,39 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
         Some(_) => Ok(exit_code::HOST_FAILURE),
         None => Ok(exit_code_of(&final_status)),
     }
+}
+
+/// Start of the name of a `run` temp folder, followed by the host's pid, a dash and a random part.
+const RUN_FOLDER_PREFIX: &str = "tower-host-run-";
+
+/// Removes the temp folders of `run` processes that are gone, such as a host killed by SIGKILL.
+/// A folder is removed only when its name carries a pid without a running process and the folder
+/// belongs to this user.
+fn remove_stale_run_folders(temp_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp_root) else { return };
+    let own_uid = current_uid();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|name| name.strip_prefix(RUN_FOLDER_PREFIX)) else { continue };
+        let Some(pid) = rest.split_once('-').and_then(|(pid, _)| pid.parse::<u32>().ok()) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let owned = std::fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.is_dir() && own_uid == Some(metadata.uid()));
+        if !owned {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::debug!(folder = %path.display(), pid, "removed the temp folder of a run that is gone"),
+            Err(error) => tracing::warn!(folder = %path.display(), pid, %error, "failed to remove the temp folder of a run that is gone"),
+        }
+    }
+}
+
+/// Returns this process's user id, read from the metadata of `/proc/self`.
+fn current_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|metadata| metadata.uid())
 }
 
 /// Reads the input: a `.tar.gz` package as is, or a folder packed the way Tower packs it.

@@ -274,3 +274,26 @@ fn full_disk_output_is_host_failure() {
     assert_eq!(output.code, Some(HOST_FAILURE), "{output:?}");
     assert!(output.stderr.contains("No space left on device"), "{output:?}");
 }
+
+#[test]
+fn stale_temp_folders_of_gone_runs_are_removed() {
+    let temp_root = tempfile::tempdir().unwrap();
+    let mut exited_child = std::process::Command::new("true").spawn().unwrap();
+    let exited_pid = exited_child.id();
+    exited_child.wait().unwrap();
+    let stale = temp_root.path().join(format!("tower-host-run-{exited_pid}-abc123"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("package.tar.gz"), b"left behind by a killed host").unwrap();
+    let live = format!("tower-host-run-{}-def456", std::process::id());
+    std::fs::create_dir(temp_root.path().join(&live)).unwrap();
+    std::fs::create_dir(temp_root.path().join("tower-host-run-notes")).unwrap();
+
+    let config = scripted();
+    let output = capture(host(Some(&config.path)).env("TMPDIR", temp_root.path()).arg("run").arg(example("hello-world")));
+    assert_eq!(output.code, Some(0), "{output:?}");
+
+    // The stale folder is gone, the run removed its own, and the others stay.
+    let mut left: Vec<String> = std::fs::read_dir(temp_root.path()).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, [live, "tower-host-run-notes".to_string()]);
+}
