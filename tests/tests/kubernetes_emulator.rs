@@ -259,6 +259,28 @@ fn timeout_maps_to_timed_out() {
 }
 
 #[test]
+fn timeout_counts_from_app_start() {
+    let Some((emulator, config)) = setup("") else { return };
+    // Setup takes 3 s, longer than the 2 s timeout; the app itself needs 1 s of it.
+    emulator.faults().inject(Fault::StartDelay { pods: PodTarget::any(), container: Some("unpack".into()), delay_millis: 3000 });
+    let output = run(&config, bash_app("echo started\nsleep 1\necho done\n").path(), &["--timeout", "2s"]);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert!(output.stdout.ends_with("started\ndone\n"), "{output:?}");
+    assert!(!output.stderr.contains("lost the rest of the log"), "{output:?}");
+}
+
+#[test]
+fn timeout_without_patch_permission_fails_and_deletes_pod() {
+    let Some((emulator, config)) = setup("") else { return };
+    emulator.faults().inject(Fault::Forbidden { verb: "patch".into(), resource: "pods".into(), user: None });
+    let output = run(&config, bash_app("echo started\nsleep 30\n").path(), &["--timeout", "20s"]);
+    assert_eq!(output.code, Some(FAILED), "{output:?}");
+    assert!(output.stderr.contains("failed to set activeDeadlineSeconds"), "{output:?}");
+    assert!(output.stderr.contains("the `patch` verb on pods"), "{output:?}");
+    assert!(emulator.pods().is_empty(), "the pod was deleted");
+}
+
+#[test]
 fn ctrl_c_cancels_and_leaves_no_pod() {
     let Some((emulator, config)) = setup("") else { return };
     let app = bash_app("echo started\nsleep 60\n");

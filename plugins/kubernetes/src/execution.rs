@@ -2,6 +2,7 @@
 //! handle the host holds.
 
 use crate::api::{status_code, to_plugin_error, with_retries};
+use crate::naming::TIMEOUT_ANNOTATION;
 use crate::logs::{LogFollower, Tails};
 use crate::pod_spec::ObjectNames;
 use crate::pod_view::PodView;
@@ -9,7 +10,7 @@ use crate::settings::Settings;
 use crate::status_map::{observe, APP_CONTAINER, SETUP_CONTAINER, UNPACK_CONTAINER};
 use crate::{transfer, watcher};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -162,6 +163,7 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
     let mut transfer_done = false;
 
     // Status changes, until the terminal one.
+    let mut deadline_in_place = false;
     let mut reported = None;
     let mut failed_init = None;
     let pending_deadline = tokio::time::sleep(pending_limit);
@@ -223,6 +225,20 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
                 reported = Some(observation.state);
             }
         }
+        if !deadline_in_place && stop.is_none() {
+            match current.pod.as_ref().map(deadline_of).unwrap_or(Deadline::NotYet) {
+                Deadline::NotYet => {}
+                Deadline::InPlace => deadline_in_place = true,
+                Deadline::Set(seconds) => match set_deadline(&shared, seconds).await {
+                    Ok(()) => deadline_in_place = true,
+                    Err(message) => {
+                        tracing::error!(execution.id = %shared.run_id, pod = %shared.names.pod, %message, "failed to set the pod's deadline");
+                        let _ = shared.delete_pod(0).await;
+                        break ExecutionState::failed(ErrorKind::Unavailable, FailureStageKind::Platform, message, true);
+                    }
+                },
+            }
+        }
     };
 
     // Every log line before the terminal status, within the drain limit.
@@ -249,6 +265,58 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
     // execution ended.
     let _ = done_sender.send(true);
     events.status(status);
+}
+
+/// The change the pod's `activeDeadlineSeconds` needs for the execution's timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// The app container has not started yet.
+    NotYet,
+    /// No timeout, or the pod already has a deadline at least as early.
+    InPlace,
+    /// The deadline to set, in seconds from the pod's start.
+    Set(i64),
+}
+
+/// Returns the deadline that ends the pod the timeout (annotation [`TIMEOUT_ANNOTATION`]) after
+/// its app container started. The kubelet counts `activeDeadlineSeconds` from the pod's
+/// `startTime`, so the deadline is the setup time, rounded up to whole seconds, plus the timeout.
+/// Both times come from the kubelet's clock. An earlier deadline already on the pod (set by a
+/// pod template patch) stays, because Kubernetes allows only lowering it.
+fn deadline_of(pod: &Pod) -> Deadline {
+    let timeout = pod.metadata.annotations.as_ref().and_then(|notes| notes.get(TIMEOUT_ANNOTATION)).and_then(|text| text.parse::<i64>().ok());
+    let Some(timeout) = timeout else { return Deadline::InPlace };
+    let status = pod.status.as_ref();
+    let pod_started = status.and_then(|status| status.start_time.as_ref()).map(|time| time.0);
+    let app = status.and_then(|status| status.container_statuses.as_ref()).and_then(|all| all.iter().find(|c| c.name == APP_CONTAINER));
+    let app_started = app.and_then(|app| app.state.as_ref()).and_then(|state| state.running.as_ref()).and_then(|running| running.started_at.as_ref()).map(|time| time.0);
+    let (Some(pod_started), Some(app_started)) = (pod_started, app_started) else { return Deadline::NotYet };
+    let setup = app_started.duration_since(pod_started);
+    let setup_seconds = setup.as_secs().max(0) + i64::from(setup.subsec_nanos() > 0);
+    let deadline = setup_seconds.saturating_add(timeout);
+    match pod.spec.as_ref().and_then(|spec| spec.active_deadline_seconds) {
+        Some(current) if current <= deadline => Deadline::InPlace,
+        _ => Deadline::Set(deadline),
+    }
+}
+
+/// Sets the pod's `activeDeadlineSeconds`. A pod that is gone needs none. Returns the message of
+/// the execution's failure otherwise.
+async fn set_deadline(shared: &Shared, seconds: i64) -> Result<(), String> {
+    let patch = Patch::Merge(serde_json::json!({ "spec": { "activeDeadlineSeconds": seconds } }));
+    let params = PatchParams::default();
+    match with_retries("set the pod's deadline", || shared.pods.patch(&shared.names.pod, &params, &patch)).await {
+        Ok(_) => {
+            tracing::debug!(execution.id = %shared.run_id, pod = %shared.names.pod, seconds, "set activeDeadlineSeconds for the timeout");
+            Ok(())
+        }
+        Err(error) if status_code(&error) == Some(404) => Ok(()),
+        Err(error) => Err(format!(
+            "failed to set activeDeadlineSeconds = {seconds} on pod `{}` for the execution's timeout: {}; the plugin needs the `patch` verb on pods (config/kubernetes/rbac.yaml)",
+            shared.names.pod,
+            to_plugin_error("patch the pod", &error)
+        )),
+    }
 }
 
 /// Tells whether the app container ended by SIGKILL (exit code 137 or signal 9): after a
@@ -352,5 +420,52 @@ impl Execution for KubernetesExecution {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(timeout: Option<&str>, pod_started: Option<&str>, app_started: Option<&str>, current: Option<i64>) -> Pod {
+        let mut annotations = serde_json::Map::new();
+        if let Some(timeout) = timeout {
+            annotations.insert(TIMEOUT_ANNOTATION.to_string(), serde_json::json!(timeout));
+        }
+        let app_state = match app_started {
+            Some(at) => serde_json::json!({ "running": { "startedAt": at } }),
+            None => serde_json::json!({ "waiting": { "reason": "PodInitializing" } }),
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p", "annotations": annotations },
+            "spec": { "containers": [], "activeDeadlineSeconds": current },
+            "status": {
+                "startTime": pod_started,
+                "containerStatuses": [{ "name": APP_CONTAINER, "image": "i", "imageID": "", "ready": true, "restartCount": 0, "state": app_state }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn deadline_is_setup_time_plus_timeout() {
+        let running = |timeout, current| pod(timeout, Some("2026-01-01T00:00:00Z"), Some("2026-01-01T00:00:42Z"), current);
+        assert_eq!(deadline_of(&running(Some("60"), None)), Deadline::Set(102));
+        assert_eq!(deadline_of(&running(None, None)), Deadline::InPlace, "no timeout");
+        assert_eq!(deadline_of(&running(Some("60"), Some(90))), Deadline::InPlace, "an earlier deadline stays");
+        assert_eq!(deadline_of(&running(Some("60"), Some(102))), Deadline::InPlace, "set by an earlier host");
+        assert_eq!(deadline_of(&running(Some("60"), Some(300))), Deadline::Set(102), "a later deadline is lowered");
+    }
+
+    #[test]
+    fn deadline_waits_for_the_app_container() {
+        assert_eq!(deadline_of(&pod(Some("60"), Some("2026-01-01T00:00:00Z"), None, None)), Deadline::NotYet);
+        assert_eq!(deadline_of(&pod(Some("60"), None, Some("2026-01-01T00:00:42Z"), None)), Deadline::NotYet);
+    }
+
+    #[test]
+    fn deadline_rounds_setup_up_to_whole_seconds() {
+        let running = pod(Some("5"), Some("2026-01-01T00:00:00Z"), Some("2026-01-01T00:00:03.200Z"), None);
+        assert_eq!(deadline_of(&running), Deadline::Set(9));
     }
 }

@@ -17,6 +17,9 @@ pub const EXECUTION_LABEL: &str = "tower-host/execution";
 pub const RUN_ID_ANNOTATION: &str = "tower-host/run-id";
 /// Annotation with the app name.
 pub const APP_NAME_ANNOTATION: &str = "tower-host/app-name";
+/// Annotation with `limits.timeout_seconds`, which the execution's driver turns into the pod's
+/// `activeDeadlineSeconds` once the app container starts.
+pub const TIMEOUT_ANNOTATION: &str = "tower-host/timeout-seconds";
 
 const MAX_NAME: usize = 63;
 const HASH_CHARS: usize = 10;

@@ -7,7 +7,7 @@
 //!    dependencies;
 //! 3. container `app` runs the script.
 
-use crate::naming::{self, APP_NAME_ANNOTATION, EXECUTION_LABEL, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUN_ID_ANNOTATION};
+use crate::naming::{self, APP_NAME_ANNOTATION, EXECUTION_LABEL, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, RUN_ID_ANNOTATION, TIMEOUT_ANNOTATION};
 use crate::settings::Settings;
 use crate::status_map::{APP_CONTAINER, SETUP_CONTAINER, UNPACK_CONTAINER};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -118,6 +118,11 @@ pub fn pod(settings: &Settings, spec: &ExecutionSpec, names: &ObjectNames, packa
     let mut annotations = settings.annotations.clone();
     annotations.insert(RUN_ID_ANNOTATION.to_string(), spec.run_id.to_string());
     annotations.insert(APP_NAME_ANNOTATION.to_string(), spec.app_name.to_string());
+    // The timeout counts from the app's start, so it becomes `activeDeadlineSeconds` only then
+    // (see `execution::set_deadline`). The pod carries it for a host that recovers the execution.
+    if let Some(seconds) = spec.limits.timeout_seconds.into_option() {
+        annotations.insert(TIMEOUT_ANNOTATION.to_string(), seconds.to_string());
+    }
 
     let mount = json!([{ "name": "tower", "mountPath": MOUNT }]);
     let attach = package.delivery == Delivery::Attach;
@@ -165,10 +170,6 @@ pub fn pod(settings: &Settings, spec: &ExecutionSpec, names: &ObjectNames, packa
         "nodeSelector": settings.node_selector,
         "tolerations": settings.tolerations,
     });
-    if let Some(seconds) = spec.limits.timeout_seconds.into_option() {
-        // NOTE: activeDeadlineSeconds counts from the pod's start, so setup time counts too.
-        pod_spec["activeDeadlineSeconds"] = json!(seconds);
-    }
     if let Some(account) = &settings.service_account {
         pod_spec["serviceAccountName"] = json!(account);
     }

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::api_error::{success_status, ApiError};
+use crate::api_error::{success_status, ApiError, FieldCause};
 use crate::cluster::Cluster;
 use crate::patch;
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -363,7 +363,23 @@ fn apply_update(kind: Kind, current: &mut Value, desired: Value) -> Result<(), A
                     "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations) or `spec.terminationGracePeriodSeconds`",
                 )]));
             }
-            match desired["spec"]["activeDeadlineSeconds"].as_i64() {
+            let previous = current["spec"]["activeDeadlineSeconds"].as_i64();
+            let requested = desired["spec"]["activeDeadlineSeconds"].as_i64();
+            let field = "spec.activeDeadlineSeconds";
+            let problem = match (previous, requested) {
+                (_, Some(seconds)) if seconds <= 0 => Some(FieldCause::invalid(field, &seconds.to_string(), "must be a positive number of seconds")),
+                (Some(previous), Some(seconds)) if seconds > previous => Some(FieldCause::invalid(
+                    field,
+                    &seconds.to_string(),
+                    &format!("may only be lowered, and it is {previous}"),
+                )),
+                (Some(_), None) => Some(FieldCause::invalid(field, "null", "may not be removed once set")),
+                _ => None,
+            };
+            if let Some(cause) = problem {
+                return Err(ApiError::invalid("Pod", &name, vec![cause]));
+            }
+            match requested {
                 Some(seconds) => current["spec"]["activeDeadlineSeconds"] = json!(seconds),
                 None => {
                     current["spec"]
@@ -394,6 +410,9 @@ fn after_update(cluster: &Arc<Cluster>, kind: Kind, object: &Value) {
             }
         }
         return;
+    }
+    if kind == Kind::Pod {
+        kubelet::deadline_updated(cluster, meta::uid(object), object);
     }
     gc::collect_if_orphaned(cluster, kind, &namespace, &name);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{AsyncReadExt as _, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, AttachParams, DeleteParams, LogParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, AttachParams, DeleteParams, LogParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_k8s_emulator::Emulator;
@@ -534,6 +534,42 @@ async fn active_deadline_fails_pod() {
         Some("Pod was active on the node longer than the specified deadline")
     );
     assert_eq!(terminated(&pod, "app").unwrap().exit_code, 143);
+}
+
+#[tokio::test]
+async fn deadline_update_counts_from_start() {
+    let emulator = Emulator::start();
+    let api = pods(&emulator).await;
+    api.create(&PostParams::default(), &pod_from(pod_manifest("later", &["sleep", "60"])))
+        .await
+        .unwrap();
+    wait_for_pod(&api, "later", |pod| phase(pod) == "Running").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let set = |seconds: Option<i64>| {
+        let api = api.clone();
+        async move {
+            let patch = Patch::Merge(json!({ "spec": { "activeDeadlineSeconds": seconds } }));
+            api.patch("later", &PatchParams::default(), &patch).await
+        }
+    };
+    // 4 s from the pod's start, which was 2 s ago: it ends in about 2 s, not 4.
+    let patched = Instant::now();
+    set(Some(4)).await.unwrap();
+    let rejected = [
+        (Some(5), "may only be lowered, and it is 4"),
+        (None, "may not be removed once set"),
+        (Some(0), "must be a positive number of seconds"),
+    ];
+    for (seconds, detail) in rejected {
+        let status = api_status(set(seconds).await.unwrap_err());
+        assert_eq!(status.code, 422, "{seconds:?}");
+        assert!(status.message.contains(detail), "{seconds:?}: {}", status.message);
+    }
+
+    let pod = wait_for_pod(&api, "later", |pod| phase(pod) == "Failed").await;
+    assert_eq!(pod.status.unwrap().reason.as_deref(), Some("DeadlineExceeded"));
+    assert!(patched.elapsed() < Duration::from_millis(3500), "ended {:?} after the patch", patched.elapsed());
 }
 
 #[tokio::test]

@@ -133,6 +133,8 @@ pub struct PodRuntime {
     pub dir: PathBuf,
     pub containers: Vec<Arc<ContainerRuntime>>,
     pub status: Mutex<StatusModel>,
+    /// The `activeDeadlineSeconds` a timer runs for, once the pod started.
+    deadline: Mutex<Option<i64>>,
     stop: watch::Sender<Option<StopRequest>>,
     /// True once the pod's lifecycle ended and no process of it runs.
     done: watch::Sender<bool>,
@@ -242,6 +244,7 @@ pub fn admit(cluster: &Arc<Cluster>, object: &Value) {
         dir: cluster.pods_dir.join(&uid),
         containers,
         status: Mutex::new(StatusModel::new(&pod, qos_class)),
+        deadline: Mutex::new(None),
         stop: watch::channel(None).0,
         done: watch::channel(false).0,
     });
@@ -435,7 +438,12 @@ async fn lifecycle(cluster: &Arc<Cluster>, runtime: &Arc<PodRuntime>, pod: &Pod)
         }
         model.update_readiness();
     });
-    if let Some(seconds) = spec.active_deadline_seconds {
+    // The stored pod, not the admitted copy: an update may have set a deadline since.
+    let stored_deadline = cluster
+        .store()
+        .get(Kind::Pod, &runtime.namespace, &runtime.name)
+        .and_then(|stored| stored["spec"]["activeDeadlineSeconds"].as_i64());
+    if let Some(seconds) = stored_deadline.or(spec.active_deadline_seconds) {
         arm_deadline(cluster, runtime, seconds, &spec);
     }
 
@@ -569,18 +577,42 @@ async fn schedule(
     None
 }
 
+/// Re-arms the deadline of a pod after an update set its `activeDeadlineSeconds`. A pod that
+/// has not started gets its deadline when it starts, from the stored pod.
+pub fn deadline_updated(cluster: &Arc<Cluster>, uid: &str, object: &Value) {
+    let Some(seconds) = object["spec"]["activeDeadlineSeconds"].as_i64() else { return };
+    let Some(runtime) = cluster.kubelet.pod(uid) else { return };
+    let started = runtime.status.lock().expect("status lock").start_time.is_some();
+    if started && !runtime.is_done() {
+        let spec = serde_json::from_value(object["spec"].clone()).unwrap_or_default();
+        arm_deadline(cluster, &runtime, seconds, &spec);
+    }
+}
+
+/// Starts the timer of `activeDeadlineSeconds`, counted from the pod's `startTime` as the
+/// kubelet does, unless a timer for the same or an earlier deadline runs already.
 fn arm_deadline(
     cluster: &Arc<Cluster>,
     runtime: &Arc<PodRuntime>,
     seconds: i64,
     spec: &k8s_openapi::api::core::v1::PodSpec,
 ) {
+    {
+        let mut armed = runtime.deadline.lock().expect("deadline lock");
+        if armed.is_some_and(|armed| armed <= seconds) {
+            return;
+        }
+        *armed = Some(seconds);
+    }
+    let started_at = runtime.status.lock().expect("status lock").start_time.unwrap_or_else(crate::meta::now);
+    let ran = crate::meta::now().duration_since(started_at);
+    let ran = Duration::from_secs(ran.as_secs().max(0) as u64);
     let grace =
         Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
     let cluster = cluster.clone();
     let runtime = runtime.clone();
     tokio::spawn(async move {
-        let deadline = Duration::from_secs(seconds.max(0) as u64);
+        let deadline = Duration::from_secs(seconds.max(0) as u64).saturating_sub(ran);
         if runtime.sleep_or_stop(deadline).await.is_none() && !runtime.is_done() {
             tracing::info!(pod = %runtime.name, seconds, "activeDeadlineSeconds ran out");
             request_stop(
