@@ -51,11 +51,13 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
     let (execution, mut events) = backend.create(spec).await.map_err(Failure::host)?;
     tracing::info!("execution created");
 
-    // The host enforces the timeout itself only when the backend does not.
+    // The host enforces the timeout itself only when the backend does not. Like a backend's, it
+    // counts from the start of the app's program: the first `running` status.
     let host_deadline = args.timeout.filter(|_| !capabilities.enforced_limits.timeout);
     let mut stop = StopControl::new(execution.clone(), args.grace, signals);
-    let deadline = sleep_until_deadline(host_deadline);
+    let deadline = sleep_until_deadline(None);
     tokio::pin!(deadline);
+    let mut deadline_armed = false;
     let mut output_error: Option<std::io::Error> = None;
 
     let final_status = loop {
@@ -78,6 +80,10 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
                     output.status(&status);
                     if status.is_terminal() {
                         break status;
+                    }
+                    if let (Some(limit), false, Some(ExecutionState::Running)) = (host_deadline, deadline_armed, status.state()) {
+                        deadline.as_mut().set(sleep_until_deadline(Some(limit)));
+                        deadline_armed = true;
                     }
                 }
                 None => unreachable!("the event stream ends only after a terminal status"),

@@ -107,6 +107,14 @@ fn host_enforces_timeout_when_backend_does_not() {
 }
 
 #[test]
+fn host_timeout_counts_from_running() {
+    // Setup takes 1.5 s, longer than the 1 s timeout, and the program itself 0.3 s.
+    let output = run(&scripted(), &["--param", "setup_ms=1500", "--param", "run_ms=300", "--timeout", "1s", "--output", "json"]);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert_eq!(last_status(&output)["state"], "exited");
+}
+
+#[test]
 fn spec_reaches_plugin_intact() {
     let config = scripted();
     let mut command = host(Some(&config.path));

@@ -387,6 +387,19 @@ fn host_enforces_timeout_as_timed_out() {
 }
 
 #[test]
+fn host_timeout_counts_from_running() {
+    let setup = scripted("stop_grace = \"1s\"");
+    let host = setup.start();
+    let package = hello();
+    // Setup takes 1.5 s, longer than the 1 s timeout, and the program itself 0.3 s.
+    let mut spec = upload_spec("slow-setup", &package, &[("setup_ms", "1500"), ("run_ms", "300")]);
+    spec["limits"] = serde_json::json!({ "timeout_seconds": 1 });
+    assert_eq!(host.client.create_upload(&spec, &package.bytes).status, 201);
+    let finished = host.wait_finished("slow-setup", FINISH_TIMEOUT);
+    assert_eq!(finished["status"]["state"], "exited", "{finished}");
+}
+
+#[test]
 fn delete_of_running_execution_is_conflict() {
     let setup = scripted("");
     let host = setup.start();
