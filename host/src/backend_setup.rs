@@ -10,7 +10,7 @@ pub async fn load_configured_plugin(config: &Config) -> Result<Arc<LoadedPlugin>
     let selector = config.selector().map_err(Failure::usage)?;
     let folders = discovery::search_paths(config);
     if matches!(selector, PluginSelector::Name(_)) {
-        for warning in discovery::folder_warnings(config, &folders) {
+        for warning in discovery::folder_warnings(config, &folders, false) {
             tracing::warn!("{warning}");
         }
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// Exits with the host-failure code when any plugin cannot be loaded.
 pub async fn plugins_list(config: &Config) -> CommandResult {
     let folders = discovery::search_paths(config);
-    for warning in discovery::folder_warnings(config, &folders) {
+    for warning in discovery::folder_warnings(config, &folders, true) {
         eprintln!("warning: {warning}");
     }
     let candidates = discovery::find_all(&folders);

@@ -591,3 +591,45 @@ fn log_limit_drops_output_and_notes_it() {
     assert!(metrics.contains(&format!("tower_host_log_records_dropped_total {}", 1000 - program_records)), "{metrics}");
     assert!(metrics.contains("tower_host_log_records_total 1000"), "{metrics}");
 }
+
+#[test]
+fn log_limit_drops_everything_after_the_cut() {
+    let work = tempfile::tempdir().unwrap();
+    let settings = format!("work_dir = {:?}\ncgroups = \"off\"", work.path().display().to_string());
+    let setup = ServeSetup::new(&shipped_plugin("subprocess"), &settings, "max_log_bytes = 1000");
+    let host = setup.start();
+    // A line far over the limit, then short lines in later reads that would fit in the room left.
+    let script = "echo small first\nhead -c 200000 /dev/zero | tr '\\0' x\necho\nsleep 0.5\nfor i in $(seq 1 20); do echo \"after $i\"; done\n";
+    let package = bash_package(script);
+    create(&host.client, "hole", &package, &[]);
+    let finished = host.wait_finished("hole", FINISH_TIMEOUT);
+    assert_eq!(finished["status"]["state"], "exited", "{finished}");
+
+    let records = read_complete(&host.client, "/v1/executions/hole/logs");
+    let lines: Vec<&str> = records.iter().map(|record| record["line"].as_str().unwrap()).collect();
+    let note = lines.iter().position(|line| line.starts_with("tower-host:")).expect("the host's note");
+    assert_eq!(lines.len(), note + 2, "only the two notes follow the cut: {lines:?}");
+    assert!(lines[..note].contains(&"small first"), "{lines:?}");
+    assert!(!lines.iter().any(|line| line.starts_with("after")), "{lines:?}");
+    let metrics = host.client.get("/v1/metrics").text();
+    let received: usize = metric(&metrics, "tower_host_log_records_total");
+    assert_eq!(lines[note + 1], format!("tower-host: dropped {} log records over serve.max_log_bytes (1000 bytes)", received - note));
+}
+
+/// Packs a bash app whose `main.sh` is `script`.
+fn bash_package(script: &str) -> TestPackage {
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join("Towerfile"), "[app]\nname = \"probe\"\nscript = \"./main.sh\"\n").unwrap();
+    std::fs::write(app.path().join("main.sh"), script).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("package.tar.gz");
+    tower_package::pack_dir(app.path(), &archive).unwrap();
+    let sha256 = tower_package::sha256_file(&archive).unwrap();
+    TestPackage { bytes: std::fs::read(&archive).unwrap(), sha256 }
+}
+
+/// Returns the value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> usize {
+    let line = text.lines().find(|line| line.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}

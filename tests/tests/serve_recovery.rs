@@ -184,3 +184,31 @@ fn queued_execution_at_restart_fails_as_retryable() {
     let metrics = host.client.get("/v1/metrics").text();
     assert!(metrics.contains("tower_host_recoveries_total{result=\"not_submitted\"} 1"), "{metrics}");
 }
+
+#[test]
+fn log_limit_holds_across_restart() {
+    let scripts = tempfile::tempdir().unwrap();
+    let settings = format!("recovery_dir = {:?}", scripts.path().display().to_string());
+    let setup = ServeSetup::new(&fixture_plugin("scripted"), &settings, "shutdown = \"leave_running\"\nmax_log_bytes = 1500");
+    let mut host = setup.start();
+    create(&host.client, "capped", &pack_example("hello-world"), &SLOW);
+    let (status, mut stream) = host.client.stream("/v1/executions/capped/logs?follow=true");
+    assert_eq!(status, 200);
+    // The restart comes after the limit was reached and before the app's end.
+    while !stream.next_line().expect("a log record").contains("\"line\":\"tower-host:") {}
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait(EXIT_TIMEOUT).expect("the host exits after SIGTERM").code(), Some(0), "{}", host.stderr());
+
+    let host = setup.start();
+    let finished = host.wait_finished("capped", FINISH_TIMEOUT);
+    assert_eq!(finished["status"]["state"], "exited", "{finished}");
+    let records = read_complete(&host.client, "/v1/executions/capped/logs");
+    let all = lines(&records);
+    let kept = all.len() - 2;
+    let expected: Vec<String> = ["setup 0", "setup 1"].into_iter().map(String::from).chain((0..60).map(|n| format!("line {n}"))).collect();
+    assert_eq!(all[..kept], expected[..kept], "the app's records are a prefix of its output");
+    assert_eq!(all[kept], "tower-host: this execution's log reached serve.max_log_bytes (1500 bytes), so its further output is dropped");
+    // The restarted host counts what the backend replays beyond the journalled records.
+    assert_eq!(all[kept + 1], format!("tower-host: dropped {} log records over serve.max_log_bytes (1500 bytes)", 62 - kept));
+    assert_eq!(seqs(&records), (0..all.len() as u64).collect::<Vec<_>>());
+}

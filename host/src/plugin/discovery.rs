@@ -40,21 +40,30 @@ pub fn search_paths(config: &Config) -> Vec<PathBuf> {
     paths
 }
 
-/// Returns one warning for each search folder that cannot be listed: any configured folder,
-/// and a default folder for a reason other than not existing (a missing default is normal).
-pub fn folder_warnings(config: &Config, folders: &[PathBuf]) -> Vec<String> {
+/// Returns one warning for each search folder that cannot be searched for a plugin file (missing,
+/// not a folder, no search permission), or with `listing` also one that cannot be listed. A
+/// missing default folder is normal and gets none.
+pub fn folder_warnings(config: &Config, folders: &[PathBuf], listing: bool) -> Vec<String> {
     let configured = config.plugins.search_paths.is_some();
-    folders
-        .iter()
-        .filter_map(|folder| match std::fs::read_dir(folder) {
+    let action = if configured { "fix or remove it in" } else { "set other folders in" };
+    let mut warnings = Vec::new();
+    for folder in folders {
+        // Looking up `folder/.` needs the folder to exist, be a folder and grant search permission.
+        let problem = match std::fs::metadata(folder.join(".")) {
+            Err(error) if !configured && error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => Some(("search", error)),
+            Ok(_) if listing => std::fs::read_dir(folder).err().map(|error| ("list", error)),
             Ok(_) => None,
-            Err(error) if !configured && error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => {
-                let action = if configured { "fix or remove it in" } else { "set other folders in" };
-                Some(format!("failed to list plugin folder {}: {error}; {action} `plugins.search_paths` of {}", folder.display(), config.source))
-            }
-        })
-        .collect()
+        };
+        if let Some((operation, error)) = problem {
+            warnings.push(format!(
+                "failed to {operation} plugin folder {}: {error}; {action} `plugins.search_paths` of {}",
+                folder.display(),
+                config.source
+            ));
+        }
+    }
+    warnings
 }
 
 /// Resolves the configured plugin to a file: a path as given, or the first search folder that
@@ -113,14 +122,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
         let mut config = Config::parse("[backend]\nplugin = \"subprocess\"\n", "test.toml").unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
         let folders = vec![dir.path().to_path_buf(), missing.clone()];
-        assert_eq!(folder_warnings(&config, &folders), Vec::<String>::new(), "a missing default folder is normal");
+        assert_eq!(folder_warnings(&config, &folders, true), Vec::<String>::new(), "a missing default folder is normal");
 
-        config.plugins.search_paths = Some(folders.clone());
-        let warnings = folder_warnings(&config, &folders);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains(&missing.display().to_string()), "{warnings:?}");
-        assert!(warnings[0].contains("plugins.search_paths"), "{warnings:?}");
+        config.plugins.search_paths = Some(vec![dir.path().to_path_buf(), missing.clone(), file.clone()]);
+        let warnings = folder_warnings(&config, config.plugins.search_paths.as_deref().unwrap(), false);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains(&format!("failed to search plugin folder {}", missing.display())), "{warnings:?}");
+        assert!(warnings[1].contains(&format!("failed to search plugin folder {}", file.display())), "{warnings:?}");
+        assert!(warnings[0].contains("fix or remove it in `plugins.search_paths` of test.toml"), "{warnings:?}");
     }
 
     #[test]

@@ -124,11 +124,18 @@ impl LoadedPlugin {
 /// Checks and loads a plugin file. `sha256_pin`, when given, must match the file's digest.
 /// Blocks for file I/O and the dynamic loader: call it off the async runtime.
 pub fn load(path: &Path, sha256_pin: Option<&str>) -> Result<Arc<LoadedPlugin>, LoadError> {
-    if !path.exists() {
-        return Err(LoadError::NotFound {
-            path: path.to_path_buf(),
-            hint: "check `backend.path` in the config, or build the plugin (`cargo build --release`)".to_string(),
-        });
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LoadError::NotFound {
+                path: path.to_path_buf(),
+                hint: "check `backend.path` in the config, or build the plugin (`cargo build --release`)".to_string(),
+            });
+        }
+        Err(error) => {
+            let message = format!("{error}; check the permissions of the file and of the folders above it");
+            return Err(LoadError::NotALibrary { path: path.to_path_buf(), message });
+        }
     }
     let path = path.canonicalize().map_err(|error| LoadError::NotALibrary { path: path.to_path_buf(), message: error.to_string() })?;
 

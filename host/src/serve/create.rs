@@ -386,6 +386,7 @@ async fn register(
         recoveries: 0,
         finished: None,
         cleaned_up: false,
+        log_limit_reached: false,
     };
 
     let (logs, events) = {

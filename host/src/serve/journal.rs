@@ -150,6 +150,10 @@ pub struct StoredExecution {
     /// Whether the backend's `cleanup` succeeded.
     #[serde(default)]
     pub cleaned_up: bool,
+    /// Whether the log reached `serve.max_log_bytes`. The log then ends with the host's note
+    /// about it, and nothing more of the app's output is journalled.
+    #[serde(default)]
+    pub log_limit_reached: bool,
 }
 
 /// One line of `events.ndjson`: a status change with its sequence number.
@@ -790,6 +794,7 @@ mod tests {
             recoveries: 1,
             finished: None,
             cleaned_up: false,
+            log_limit_reached: false,
         };
         write_state(dir.path(), &state).unwrap();
         let back = read_state(dir.path()).unwrap();

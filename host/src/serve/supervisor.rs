@@ -32,14 +32,17 @@ pub struct Pump {
     replay: Option<ReplayFilter>,
     /// Set after a journal write failed: nothing more is written.
     broken: bool,
-    /// Log records dropped because the log reached `serve.max_log_bytes`.
+    /// Whether the log reached `serve.max_log_bytes`: every later record is dropped.
+    limit_reached: bool,
+    /// Log records dropped at `serve.max_log_bytes` by this host process.
     dropped_records: u64,
 }
 
 impl Pump {
     /// Creates the pump of an entry from its open writers.
     pub fn new(ctx: Arc<ServeContext>, entry: Arc<Entry>, logs: RecordWriter, events: RecordWriter) -> Self {
-        Self { ctx, entry, logs, events, replay: None, broken: false, dropped_records: 0 }
+        let limit_reached = entry.state().stored.log_limit_reached;
+        Self { ctx, entry, logs, events, replay: None, broken: false, limit_reached, dropped_records: 0 }
     }
 
     /// Journals a non-terminal status and makes it current.
@@ -69,25 +72,41 @@ impl Pump {
             return;
         }
         self.ctx.metrics.log_records(&records);
+        if self.limit_reached {
+            self.count_dropped(records.len());
+            return;
+        }
         match self.logs.append_within(records, self.ctx.config.max_log_bytes).await {
-            Ok(appended) if appended.dropped > 0 => self.count_dropped(appended.dropped).await,
+            Ok(appended) if appended.dropped > 0 => {
+                self.count_dropped(appended.dropped);
+                self.reach_limit().await;
+            }
             Ok(_) => {}
             Err(error) => self.journal_failed(&error),
         }
     }
 
-    /// Counts records dropped at `serve.max_log_bytes`, and notes the first drop in the log.
-    async fn count_dropped(&mut self, dropped: usize) {
+    fn count_dropped(&mut self, dropped: usize) {
         self.ctx.metrics.log_records_dropped(dropped);
-        if self.dropped_records == 0 {
-            let max = self.ctx.config.max_log_bytes.unwrap_or_default();
-            tracing::warn!(parent: &self.entry.span, max_log_bytes = max, "the execution's log reached serve.max_log_bytes; dropping its further output");
-            let note = format!("tower-host: this execution's log reached serve.max_log_bytes ({max} bytes), so its further output is dropped");
-            if let Err(error) = self.logs.append(vec![host_note(note)]).await {
-                self.journal_failed(&error);
-            }
-        }
         self.dropped_records += dropped as u64;
+    }
+
+    /// Ends the journalling of the app's output at `serve.max_log_bytes`: notes it in the log and
+    /// in `state.json`, so that a restarted host goes on dropping. Later output, even output
+    /// small enough to fit, is dropped too, so the log has no hole in its middle.
+    async fn reach_limit(&mut self) {
+        self.limit_reached = true;
+        let max = self.ctx.config.max_log_bytes.unwrap_or_default();
+        tracing::warn!(parent: &self.entry.span, max_log_bytes = max, "the execution's log reached serve.max_log_bytes; dropping its further output");
+        let note = format!("tower-host: this execution's log reached serve.max_log_bytes ({max} bytes), so its further output is dropped");
+        if let Err(error) = self.logs.append(vec![host_note(note)]).await {
+            self.journal_failed(&error);
+            return;
+        }
+        self.entry.update(|state| state.stored.log_limit_reached = true);
+        if let Err(error) = self.entry.persist().await {
+            tracing::error!(parent: &self.entry.span, %error, "failed to record in the execution's state that its log reached serve.max_log_bytes");
+        }
     }
 
     /// Publishes the terminal status: flushes the logs to the disk, journals the status, records
@@ -137,9 +156,14 @@ impl Pump {
 
     /// Makes the logs durable, then journals the terminal status durably.
     async fn journal_end(&mut self, status: &ExecutionStatus) -> Result<(), JournalError> {
-        if self.dropped_records > 0 {
+        if self.limit_reached {
             let max = self.ctx.config.max_log_bytes.unwrap_or_default();
-            let note = format!("tower-host: dropped {} log records over serve.max_log_bytes ({max} bytes)", self.dropped_records);
+            let note = if self.dropped_records > 0 {
+                format!("tower-host: dropped {} log records over serve.max_log_bytes ({max} bytes)", self.dropped_records)
+            } else {
+                // The count lived in the memory of a host process that has since stopped.
+                format!("tower-host: dropped log records over serve.max_log_bytes ({max} bytes); their number was lost when the host restarted")
+            };
             self.logs.append(vec![host_note(note)]).await?;
         }
         self.logs.sync().await?;
@@ -256,7 +280,10 @@ async fn run_recovered(mut pump: Pump, timeout: Option<Duration>, running_since:
             tracing::info!(log_records = entry.logs.committed().records, "reattached to the execution");
             entry.attach(execution.clone());
             set_phase(&entry, Phase::Attached).await;
-            pump.replay = Some(ReplayFilter::new(entry.logs.committed().records, entry.status()));
+            // The backend numbers only its own records, so the host's note at the limit is not
+            // among those it replays.
+            let host_notes = u64::from(pump.limit_reached);
+            pump.replay = Some(ReplayFilter::new(entry.logs.committed().records.saturating_sub(host_notes), entry.status()));
             drive(pump, execution, events, timeout, running_since).await;
         }
         Err(error) => {
