@@ -7,6 +7,23 @@ use crate::failure::{CommandResult, Failure};
 use crate::plugin::{discovery, loader, Backend};
 use std::path::PathBuf;
 
+/// Prints a line on stdout like `println!`. When the reader has gone away (`| head`), the
+/// process ends quietly with the code a shell gives SIGPIPE, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(i32::from(exit_code::OUTPUT_CLOSED)),
+        Err(error) => eprintln!("tower-host: failed to write to stdout: {error}"),
+    }
+}
+
 /// Lists every plugin file in the search folders with its versions, or why it cannot be loaded.
 /// Exits with the host-failure code when any plugin cannot be loaded.
 pub async fn plugins_list(config: &Config) -> CommandResult {
@@ -17,18 +34,18 @@ pub async fn plugins_list(config: &Config) -> CommandResult {
     let candidates = discovery::find_all(&folders);
     if candidates.is_empty() {
         let searched: Vec<_> = folders.iter().map(|folder| folder.display().to_string()).collect();
-        println!("no plugins found in {}", searched.join(", "));
+        out!("no plugins found in {}", searched.join(", "));
         return Ok(0);
     }
 
     let mut problems = 0;
-    println!("{:<16} {:<10} {:<10} {:<6} PATH", "NAME", "VERSION", "API", "STATUS");
+    out!("{:<16} {:<10} {:<10} {:<6} PATH", "NAME", "VERSION", "API", "STATUS");
     for candidate in candidates {
         let path = candidate.path.clone();
         let loaded = tokio::task::spawn_blocking(move || loader::load(&path, None)).await.map_err(Failure::host)?;
         match loaded {
             Ok(plugin) => {
-                println!(
+                out!(
                     "{:<16} {:<10} {:<10} {:<6} {}",
                     plugin.name,
                     plugin.version,
@@ -37,7 +54,7 @@ pub async fn plugins_list(config: &Config) -> CommandResult {
                     candidate.path.display()
                 );
                 if plugin.name != candidate.name {
-                    println!(
+                    out!(
                         "    note: the file name says `{}`, so `plugin = \"{}\"` loads this plugin, which calls itself `{}`",
                         candidate.name, candidate.name, plugin.name
                     );
@@ -45,8 +62,8 @@ pub async fn plugins_list(config: &Config) -> CommandResult {
             }
             Err(error) => {
                 problems += 1;
-                println!("{:<16} {:<10} {:<10} {:<6} {}", candidate.name, "-", "-", "error", candidate.path.display());
-                println!("    {error}");
+                out!("{:<16} {:<10} {:<10} {:<6} {}", candidate.name, "-", "-", "error", candidate.path.display());
+                out!("    {error}");
             }
         }
     }
@@ -76,20 +93,20 @@ pub async fn plugins_inspect(config: &Config, plugin: &str) -> CommandResult {
     }
 
     let loaded = load_configured_plugin(&inspected).await?;
-    println!("name:        {}", loaded.name);
-    println!("version:     {}", loaded.version);
-    println!("plugin API:  {}", loaded.api_version);
-    println!("path:        {}", loaded.path.display());
+    out!("name:        {}", loaded.name);
+    out!("version:     {}", loaded.version);
+    out!("plugin API:  {}", loaded.api_version);
+    out!("path:        {}", loaded.path.display());
     match Backend::new(loaded.clone(), inspected.settings_json()).await {
         Ok(backend) => {
             let capabilities = backend.capabilities().await.map_err(Failure::host)?;
             let json = serde_json::to_string_pretty(&capabilities).map_err(Failure::host)?;
-            println!("capabilities:\n{json}");
+            out!("capabilities:\n{json}");
         }
-        Err(error) => println!("capabilities: not available, because the backend could not be created: {error}"),
+        Err(error) => out!("capabilities: not available, because the backend could not be created: {error}"),
     }
     let schema = tokio::task::spawn_blocking(move || loaded.settings_schema()).await.map_err(Failure::host)?;
-    println!("settings (JSON Schema):\n{schema}");
+    out!("settings (JSON Schema):\n{schema}");
     Ok(0)
 }
 
@@ -97,10 +114,10 @@ pub async fn plugins_inspect(config: &Config, plugin: &str) -> CommandResult {
 pub async fn config_check(config: &Config) -> CommandResult {
     let backend = create_backend(config).await?;
     let plugin = backend.plugin();
-    println!("{}: valid", config.source);
-    println!("plugin {} {} (plugin API {}) at {}", plugin.name, plugin.version, plugin.api_version, plugin.path.display());
+    out!("{}: valid", config.source);
+    out!("plugin {} {} (plugin API {}) at {}", plugin.name, plugin.version, plugin.api_version, plugin.path.display());
     let health = backend.health().await;
-    println!("health: {}: {}", if health.healthy { "healthy" } else { "unhealthy" }, health.message);
+    out!("health: {}: {}", if health.healthy { "healthy" } else { "unhealthy" }, health.message);
     backend.shutdown().await.map_err(Failure::host)?;
     Ok(if health.healthy { 0 } else { exit_code::HOST_FAILURE })
 }

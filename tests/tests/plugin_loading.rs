@@ -23,6 +23,23 @@ fn config_check_accepts_well_behaved_plugin() {
 }
 
 #[test]
+fn config_check_into_closed_pipe_exits_quietly() {
+    let config = TestConfig::new(&fixture_plugin("scripted"), "");
+    let mut child = host(Some(&config.path))
+        .args(["config", "check"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the host writes, as `| head -0` would.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn other_major_version_is_refused_naming_both_versions() {
     let plugin = fixture_plugin("other-major");
     let config = TestConfig::new(&plugin, "");
