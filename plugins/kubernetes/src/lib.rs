@@ -142,7 +142,14 @@ impl Backend for KubernetesBackend {
         });
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let names = ObjectNames { secret: format!("{pod_name}-secrets"), pod: pod_name, service: None, execution_label: label };
-        Ok(self.start_driver(run_id, names, None, Timestamp::now(), events, None, python))
+        // The pod's creation stands for the start that the earlier host recorded at `create`.
+        let created_at = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|time| i64::try_from(time.0.as_nanosecond()).ok())
+            .map_or_else(Timestamp::now, |unix_nanos| Timestamp { unix_nanos });
+        Ok(self.start_driver(run_id, names, None, created_at, events, None, python))
     }
 }
 

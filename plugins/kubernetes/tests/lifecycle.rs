@@ -112,6 +112,7 @@ async fn new_backend_instance_recovers_running_execution() {
     let recorder = Recorder::default();
     let _execution = first.create(spec, recorder.sink()).await.unwrap();
     recorder.wait("the first line", |events| events.0.iter().any(|record| record.line == "first")).await;
+    let reattached_after = tower_plugin_api::Timestamp::now();
 
     // A new host process: a fresh backend instance reattaches by run id.
     let second = backend(&emulator).await;
@@ -119,6 +120,9 @@ async fn new_backend_instance_recovers_running_execution() {
     let execution = second.recover("recover-1".to_string(), recovered.sink()).await.unwrap();
     let status = recovered.terminal().await;
     assert_eq!(status.state(), Some(&ExecutionState::Exited), "{status:?}");
+    // The start is the pod's creation, not the moment of the reattach.
+    let started_at = status.started_at.into_option().expect("a start time");
+    assert!(started_at.unix_nanos < reattached_after.unix_nanos, "{status:?}");
     let lines = recovered.lines();
     assert!(lines.contains(&"second".to_string()), "{lines:?}");
     execution.cleanup().await.unwrap();
