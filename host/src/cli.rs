@@ -75,8 +75,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub environment: String,
 
-    /// Ends the app after this long, such as `90s` or `10m`; reported as timed out.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Ends the app after this long, such as `90s` or `10m`; reported as timed out. Counted from
+    /// the start of the app's program. Backends get it in whole seconds, rounded up.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
     /// How long the app gets to stop after Ctrl-C or SIGTERM before it is killed. A backend that
@@ -138,6 +139,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("invalid duration `{text}` ({error}); use a form such as 30s, 5m or 1h"))
 }
 
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("invalid timeout `{text}`: it must be longer than zero; leave out --timeout for none")),
+        timeout => Ok(timeout),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +165,12 @@ mod tests {
     fn duration_accepts_units() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
+    }
+
+    #[test]
+    fn timeout_must_be_longer_than_zero() {
+        assert_eq!(parse_timeout("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_timeout("0s").unwrap_err().contains("longer than zero"));
     }
 
     #[test]

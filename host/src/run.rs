@@ -26,8 +26,11 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
     // Signals are caught from the start, so that Ctrl-C while a folder is packed or the plugin
     // loads ends the host cleanly and removes the temp folder.
     let mut signals = Signals::listen()?;
-    remove_stale_run_folders(&std::env::temp_dir());
-    let prefix = format!("{RUN_FOLDER_PREFIX}{}-", std::process::id());
+    let pid_namespace = pid_namespace();
+    if let Some(namespace) = &pid_namespace {
+        remove_stale_run_folders(&std::env::temp_dir(), namespace);
+    }
+    let prefix = format!("{RUN_FOLDER_PREFIX}{}-{}-", pid_namespace.as_deref().unwrap_or("unknown"), std::process::id());
     let temp = tempfile::Builder::new().prefix(&prefix).tempdir().map_err(|error| {
         Failure::host(anyhow::anyhow!("failed to create a temp folder for the package: {error}; check TMPDIR"))
     })?;
@@ -113,19 +116,39 @@ pub async fn run(config: &Config, args: RunArgs) -> CommandResult {
     }
 }
 
-/// Start of the name of a `run` temp folder, followed by the host's pid, a dash and a random part.
+/// Start of the name of a `run` temp folder. The host's pid namespace, its pid and a random
+/// part follow, each after a dash.
 const RUN_FOLDER_PREFIX: &str = "tower-host-run-";
 
+/// Returns the inode number of this process's pid namespace, from `/proc/self/ns/pid`.
+fn pid_namespace() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let inode = link.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?;
+    is_decimal(inode).then(|| inode.to_string())
+}
+
+/// Tells whether `text` is a decimal number as Linux writes one: digits without a sign or a
+/// leading zero.
+fn is_decimal(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) && (text == "0" || !text.starts_with('0'))
+}
+
 /// Removes the temp folders of `run` processes that are gone, such as a host killed by SIGKILL.
-/// A folder is removed only when its name carries a pid without a running process and the folder
-/// belongs to this user.
-fn remove_stale_run_folders(temp_root: &Path) {
+/// A folder is removed only when its name has the form `run` gives it, with this pid namespace
+/// and a pid without a running process, and the folder belongs to this user. Another namespace's
+/// pids cannot be checked from here, so its folders stay.
+fn remove_stale_run_folders(temp_root: &Path, namespace: &str) {
     let Ok(entries) = std::fs::read_dir(temp_root) else { return };
     let own_uid = current_uid();
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|name| name.strip_prefix(RUN_FOLDER_PREFIX)) else { continue };
-        let Some(pid) = rest.split_once('-').and_then(|(pid, _)| pid.parse::<u32>().ok()) else { continue };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(folder_namespace), Some(pid), Some(random)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if folder_namespace != namespace || !is_decimal(pid) || random.is_empty() {
+            continue;
+        }
+        let Ok(pid) = pid.parse::<u32>() else { continue };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }

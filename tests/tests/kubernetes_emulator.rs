@@ -277,6 +277,7 @@ fn timeout_without_patch_permission_fails_and_deletes_pod() {
     assert_eq!(output.code, Some(FAILED), "{output:?}");
     assert!(output.stderr.contains("failed to set activeDeadlineSeconds"), "{output:?}");
     assert!(output.stderr.contains("the `patch` verb on pods"), "{output:?}");
+    assert!(output.stderr.contains("permission_denied"), "{output:?}");
     assert!(emulator.pods().is_empty(), "the pod was deleted");
 }
 

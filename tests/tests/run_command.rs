@@ -286,15 +286,26 @@ fn full_disk_output_is_host_failure() {
 #[test]
 fn stale_temp_folders_of_gone_runs_are_removed() {
     let temp_root = tempfile::tempdir().unwrap();
+    let link = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let namespace = link.to_str().unwrap().trim_start_matches("pid:[").trim_end_matches(']').to_string();
     let mut exited_child = std::process::Command::new("true").spawn().unwrap();
     let exited_pid = exited_child.id();
     exited_child.wait().unwrap();
-    let stale = temp_root.path().join(format!("tower-host-run-{exited_pid}-abc123"));
+    let stale = temp_root.path().join(format!("tower-host-run-{namespace}-{exited_pid}-abc123"));
     std::fs::create_dir(&stale).unwrap();
     std::fs::write(stale.join("package.tar.gz"), b"left behind by a killed host").unwrap();
-    let live = format!("tower-host-run-{}-def456", std::process::id());
-    std::fs::create_dir(temp_root.path().join(&live)).unwrap();
-    std::fs::create_dir(temp_root.path().join("tower-host-run-notes")).unwrap();
+    // A live run, a run of another pid namespace, and names that `run` never gives a folder.
+    let kept = [
+        format!("tower-host-run-{namespace}-{}-def456", std::process::id()),
+        format!("tower-host-run-1{namespace}-{exited_pid}-abc123"),
+        format!("tower-host-run-{namespace}-0{exited_pid}-abc123"),
+        format!("tower-host-run-{namespace}-+{exited_pid}-abc123"),
+        format!("tower-host-run-{namespace}-{exited_pid}-"),
+        "tower-host-run-notes".to_string(),
+    ];
+    for name in &kept {
+        std::fs::create_dir(temp_root.path().join(name)).unwrap();
+    }
 
     let config = scripted();
     let output = capture(host(Some(&config.path)).env("TMPDIR", temp_root.path()).arg("run").arg(example("hello-world")));
@@ -303,5 +314,7 @@ fn stale_temp_folders_of_gone_runs_are_removed() {
     // The stale folder is gone, the run removed its own, and the others stay.
     let mut left: Vec<String> = std::fs::read_dir(temp_root.path()).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
-    assert_eq!(left, [live, "tower-host-run-notes".to_string()]);
+    let mut expected = kept.to_vec();
+    expected.sort();
+    assert_eq!(left, expected);
 }

@@ -20,6 +20,9 @@ use tower_plugin_api::{
     Channel, ErrorKind, ExecutionState, ExecutionStatus, FailureStageKind, PluginError, ServiceEndpoint, Timestamp,
 };
 
+/// Largest `activeDeadlineSeconds` the Kubernetes API accepts: a 32-bit signed integer.
+pub const MAX_DEADLINE_SECONDS: i64 = i32::MAX as i64;
+
 /// Time added to the grace period before a terminate forces the pod away.
 const FORCE_MARGIN: Duration = Duration::from_secs(10);
 /// How long to wait for a pod deleted with grace 0 to disappear.
@@ -231,10 +234,12 @@ pub async fn drive(shared: Arc<Shared>, inputs: DriverInputs) {
                 Deadline::InPlace => deadline_in_place = true,
                 Deadline::Set(seconds) => match set_deadline(&shared, seconds).await {
                     Ok(()) => deadline_in_place = true,
-                    Err(message) => {
-                        tracing::error!(execution.id = %shared.run_id, pod = %shared.names.pod, %message, "failed to set the pod's deadline");
+                    Err(error) => {
+                        tracing::error!(execution.id = %shared.run_id, pod = %shared.names.pod, %error, "failed to set the pod's deadline; deleting the pod");
                         let _ = shared.delete_pod(0).await;
-                        break ExecutionState::failed(ErrorKind::Unavailable, FailureStageKind::Platform, message, true);
+                        let retryable = matches!(error.kind(), Some(ErrorKind::Unavailable | ErrorKind::TimedOut));
+                        let kind = error.kind().unwrap_or(ErrorKind::Internal);
+                        break ExecutionState::failed(kind, FailureStageKind::Platform, error.to_string(), retryable);
                     }
                 },
             }
@@ -280,12 +285,16 @@ enum Deadline {
 
 /// Returns the deadline that ends the pod the timeout (annotation [`TIMEOUT_ANNOTATION`]) after
 /// its app container started. The kubelet counts `activeDeadlineSeconds` from the pod's
-/// `startTime`, so the deadline is the setup time, rounded up to whole seconds, plus the timeout.
-/// Both times come from the kubelet's clock. An earlier deadline already on the pod (set by a
-/// pod template patch) stays, because Kubernetes allows only lowering it.
+/// `startTime`, so the deadline is the setup time plus the timeout. Both times come from the
+/// kubelet's clock but have whole seconds, so the measured setup can be up to 1 s short. One
+/// second more makes the app get at least its timeout, and less than 2 s more. An earlier
+/// deadline already on the pod (set by a pod template patch) stays, because Kubernetes allows
+/// only lowering it.
 fn deadline_of(pod: &Pod) -> Deadline {
-    let timeout = pod.metadata.annotations.as_ref().and_then(|notes| notes.get(TIMEOUT_ANNOTATION)).and_then(|text| text.parse::<i64>().ok());
-    let Some(timeout) = timeout else { return Deadline::InPlace };
+    let annotation = pod.metadata.annotations.as_ref().and_then(|notes| notes.get(TIMEOUT_ANNOTATION));
+    let Some(annotation) = annotation else { return Deadline::InPlace };
+    // `create` rejects timeouts over the API's limit; a value edited by hand is capped.
+    let timeout = annotation.parse::<u64>().map_or(MAX_DEADLINE_SECONDS, |seconds| i64::try_from(seconds).unwrap_or(MAX_DEADLINE_SECONDS));
     let status = pod.status.as_ref();
     let pod_started = status.and_then(|status| status.start_time.as_ref()).map(|time| time.0);
     let app = status.and_then(|status| status.container_statuses.as_ref()).and_then(|all| all.iter().find(|c| c.name == APP_CONTAINER));
@@ -293,16 +302,15 @@ fn deadline_of(pod: &Pod) -> Deadline {
     let (Some(pod_started), Some(app_started)) = (pod_started, app_started) else { return Deadline::NotYet };
     let setup = app_started.duration_since(pod_started);
     let setup_seconds = setup.as_secs().max(0) + i64::from(setup.subsec_nanos() > 0);
-    let deadline = setup_seconds.saturating_add(timeout);
+    let deadline = setup_seconds.saturating_add(1).saturating_add(timeout).min(MAX_DEADLINE_SECONDS);
     match pod.spec.as_ref().and_then(|spec| spec.active_deadline_seconds) {
         Some(current) if current <= deadline => Deadline::InPlace,
         _ => Deadline::Set(deadline),
     }
 }
 
-/// Sets the pod's `activeDeadlineSeconds`. A pod that is gone needs none. Returns the message of
-/// the execution's failure otherwise.
-async fn set_deadline(shared: &Shared, seconds: i64) -> Result<(), String> {
+/// Sets the pod's `activeDeadlineSeconds`. A pod that is gone needs none.
+async fn set_deadline(shared: &Shared, seconds: i64) -> Result<(), PluginError> {
     let patch = Patch::Merge(serde_json::json!({ "spec": { "activeDeadlineSeconds": seconds } }));
     let params = PatchParams::default();
     match with_retries("set the pod's deadline", || shared.pods.patch(&shared.names.pod, &params, &patch)).await {
@@ -311,11 +319,15 @@ async fn set_deadline(shared: &Shared, seconds: i64) -> Result<(), String> {
             Ok(())
         }
         Err(error) if status_code(&error) == Some(404) => Ok(()),
-        Err(error) => Err(format!(
-            "failed to set activeDeadlineSeconds = {seconds} on pod `{}` for the execution's timeout: {}; the plugin needs the `patch` verb on pods (config/kubernetes/rbac.yaml)",
-            shared.names.pod,
-            to_plugin_error("patch the pod", &error)
-        )),
+        Err(error) => {
+            let what = format!("set activeDeadlineSeconds = {seconds} on pod `{}` for the execution's timeout", shared.names.pod);
+            let failure = to_plugin_error(&what, &error);
+            if status_code(&error) == Some(403) {
+                let message = format!("{}; grant the plugin's service account the `patch` verb on pods (config/kubernetes/rbac.yaml)", failure.message);
+                return Err(PluginError::new(ErrorKind::PermissionDenied, message));
+            }
+            Err(failure)
+        }
     }
 }
 
@@ -449,12 +461,14 @@ mod tests {
 
     #[test]
     fn deadline_is_setup_time_plus_timeout() {
+        // The API's times have whole seconds, so the setup may be up to 1 s longer than measured.
         let running = |timeout, current| pod(timeout, Some("2026-01-01T00:00:00Z"), Some("2026-01-01T00:00:42Z"), current);
-        assert_eq!(deadline_of(&running(Some("60"), None)), Deadline::Set(102));
+        assert_eq!(deadline_of(&running(Some("60"), None)), Deadline::Set(103));
         assert_eq!(deadline_of(&running(None, None)), Deadline::InPlace, "no timeout");
         assert_eq!(deadline_of(&running(Some("60"), Some(90))), Deadline::InPlace, "an earlier deadline stays");
-        assert_eq!(deadline_of(&running(Some("60"), Some(102))), Deadline::InPlace, "set by an earlier host");
-        assert_eq!(deadline_of(&running(Some("60"), Some(300))), Deadline::Set(102), "a later deadline is lowered");
+        assert_eq!(deadline_of(&running(Some("60"), Some(103))), Deadline::InPlace, "set by an earlier host");
+        assert_eq!(deadline_of(&running(Some("60"), Some(300))), Deadline::Set(103), "a later deadline is lowered");
+        assert_eq!(deadline_of(&running(Some("18446744073709551615"), None)), Deadline::Set(MAX_DEADLINE_SECONDS), "capped at the API's limit");
     }
 
     #[test]
@@ -466,6 +480,6 @@ mod tests {
     #[test]
     fn deadline_rounds_setup_up_to_whole_seconds() {
         let running = pod(Some("5"), Some("2026-01-01T00:00:00Z"), Some("2026-01-01T00:00:03.200Z"), None);
-        assert_eq!(deadline_of(&running), Deadline::Set(9));
+        assert_eq!(deadline_of(&running), Deadline::Set(10));
     }
 }

@@ -97,6 +97,14 @@ impl Backend for KubernetesBackend {
 
     async fn create(&self, spec: ExecutionSpec, events: EventSink) -> Result<KubernetesExecution, PluginError> {
         let started_at = Timestamp::now();
+        if let Some(seconds) = spec.limits.timeout_seconds.into_option() {
+            if seconds > execution::MAX_DEADLINE_SECONDS as u64 {
+                return Err(PluginError::invalid_spec(format!(
+                    "invalid limits.timeout_seconds {seconds}: a pod's activeDeadlineSeconds takes at most {} seconds (about 68 years); give a smaller timeout or none",
+                    execution::MAX_DEADLINE_SECONDS
+                )));
+            }
+        }
         let (archive, package) = stage(&spec).await?;
         let names = ObjectNames::new(&self.settings, &spec);
         let span = tracing::debug_span!("create", execution.id = %spec.run_id, pod = %names.pod);

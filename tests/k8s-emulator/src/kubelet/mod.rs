@@ -605,8 +605,7 @@ fn arm_deadline(
         *armed = Some(seconds);
     }
     let started_at = runtime.status.lock().expect("status lock").start_time.unwrap_or_else(crate::meta::now);
-    let ran = crate::meta::now().duration_since(started_at);
-    let ran = Duration::from_secs(ran.as_secs().max(0) as u64);
+    let ran = Duration::try_from(crate::meta::now().duration_since(started_at)).unwrap_or_default();
     let grace =
         Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
     let cluster = cluster.clone();
