@@ -52,7 +52,12 @@ pub fn observe(pod: &Pod, pending_for: Duration, pending_limit: Duration) -> Obs
     let pod_reason = status.reason.as_deref().unwrap_or_default();
     let pod_message = status.message.as_deref().unwrap_or_default();
     if pod_reason == "DeadlineExceeded" {
-        return Observation::state(ExecutionState::TimedOut { forced: true });
+        // The kubelet stops the containers with the grace period: the app ended on its own
+        // (SIGTERM, or before the kill) unless SIGKILL ended it. An app not seen ended counts as
+        // forced.
+        let terminated = app_status.and_then(|app| app.state.as_ref()).and_then(|state| state.terminated.as_ref());
+        let forced = terminated.is_none_or(|terminated| terminated.exit_code == 137 || terminated.signal == Some(9));
+        return Observation::state(ExecutionState::TimedOut { forced });
     }
     if pod_reason == "Evicted" {
         let message = format!("the pod was evicted: {pod_message}");
@@ -282,6 +287,14 @@ mod tests {
     #[test]
     fn deadline_exceeded_is_timed_out() {
         assert_eq!(state_of(json!({"phase": "Failed", "reason": "DeadlineExceeded"})), ExecutionState::TimedOut { forced: true });
+        let ended = |exit_code: i32| {
+            let mut status = app(json!({"terminated": {"exitCode": exit_code, "reason": "Error"}}));
+            status["phase"] = json!("Failed");
+            status["reason"] = json!("DeadlineExceeded");
+            state_of(status)
+        };
+        assert_eq!(ended(143), ExecutionState::TimedOut { forced: false }, "ended on SIGTERM");
+        assert_eq!(ended(137), ExecutionState::TimedOut { forced: true }, "killed after the grace period");
     }
 
     #[test]
