@@ -270,6 +270,17 @@ fn timeout_counts_from_app_start() {
 }
 
 #[test]
+fn template_deadline_during_setup_is_timed_out_without_log_error() {
+    // An operator's deadline counts from the pod's start, so it can run out before the app starts.
+    let Some((emulator, config)) = setup("pod_template_patch = { spec = { activeDeadlineSeconds = 2 } }") else { return };
+    emulator.faults().inject(Fault::StartDelay { pods: PodTarget::any(), container: Some("app".into()), delay_millis: 5000 });
+    let output = run(&config, bash_app("echo started\n").path(), &[]);
+    assert_eq!(output.code, Some(TIMED_OUT), "{output:?}");
+    assert!(!output.stdout.contains("started"), "{output:?}");
+    assert!(!output.stderr.contains("lost the rest of the log"), "{output:?}");
+}
+
+#[test]
 fn timeout_without_patch_permission_fails_and_deletes_pod() {
     let Some((emulator, config)) = setup("") else { return };
     emulator.faults().inject(Fault::Forbidden { verb: "patch".into(), resource: "pods".into(), user: None });

@@ -50,20 +50,25 @@ where
     }
 }
 
+/// Returns an API error as one readable line: the API's message with its code and reason.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({} {})", status.message, status.code, status.reason),
+        other => other.to_string(),
+    }
+}
+
 /// Converts an API error into a plugin error that names the operation; a 403 keeps the API's
 /// message, which names the verb, the resource and the service account.
 pub fn to_plugin_error(what: &str, error: &kube::Error) -> PluginError {
-    let (kind, detail) = match error {
-        kube::Error::Api(status) => {
-            let kind = match status.code {
-                403 => ErrorKind::PermissionDenied,
-                404 => ErrorKind::NotFound,
-                400 | 409 | 422 => ErrorKind::InvalidSpec,
-                _ => ErrorKind::Unavailable,
-            };
-            (kind, format!("{} ({} {})", status.message, status.code, status.reason))
-        }
-        other => (ErrorKind::Unavailable, other.to_string()),
+    let kind = match error {
+        kube::Error::Api(status) => match status.code {
+            403 => ErrorKind::PermissionDenied,
+            404 => ErrorKind::NotFound,
+            400 | 409 | 422 => ErrorKind::InvalidSpec,
+            _ => ErrorKind::Unavailable,
+        },
+        _ => ErrorKind::Unavailable,
     };
-    PluginError::new(kind, format!("failed to {what}: {detail}"))
+    PluginError::new(kind, format!("failed to {what}: {}", describe(error)))
 }

@@ -5,7 +5,7 @@
 //! seconds, so the new stream repeats lines; the cursor drops lines older than the last one
 //! delivered, and of the lines with exactly that timestamp, as many as were already delivered.
 
-use crate::api::{is_transient, status_code};
+use crate::api::{describe, is_transient, status_code};
 use crate::pod_view::{ContainerProgress, PodView};
 use futures_util::AsyncBufReadExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -154,13 +154,20 @@ impl LogFollower {
                     tracing::debug!(pod = %self.pod, %container, "log stream ended while the container runs; reconnecting");
                 }
                 Err(error) if status_code(&error) == Some(404) || self.view.borrow().gone => return Ok(()),
+                // A container that the pod's end stopped from starting has no log to read: the
+                // API answers 400 ("waiting to start") even once its status says terminated.
+                Err(error) if status_code(&error) == Some(400) && self.view.borrow().progress(container) != ContainerProgress::Running => {
+                    tracing::debug!(pod = %self.pod, %container, error = %describe(&error), "the container ended without a log");
+                    return Ok(());
+                }
+                Err(_) if self.view.borrow().progress(container) == ContainerProgress::NeverStarts => return Ok(()),
                 Err(error) => {
                     failures += 1;
                     if failures >= MAX_FAILED_REQUESTS && !is_transient(&error) {
-                        return Err(error.to_string());
+                        return Err(describe(&error));
                     }
                     if failures >= MAX_FAILED_REQUESTS * 3 {
-                        return Err(error.to_string());
+                        return Err(describe(&error));
                     }
                     tracing::debug!(pod = %self.pod, %container, %error, "log request failed; retrying");
                 }
