@@ -154,8 +154,8 @@ impl LogFollower {
                     tracing::debug!(pod = %self.pod, %container, "log stream ended while the container runs; reconnecting");
                 }
                 Err(error) if status_code(&error) == Some(404) || self.view.borrow().gone => return Ok(()),
-                // A container that the pod's end stopped from starting has no log to read: the
-                // API answers 400 ("waiting to start") even once its status says terminated.
+                // A container that the pod's end kept from starting has no log: the request fails
+                // with 400 ("waiting to start"), also once its status says terminated.
                 Err(error) if status_code(&error) == Some(400) && self.view.borrow().progress(container) != ContainerProgress::Running => {
                     tracing::debug!(pod = %self.pod, %container, error = %describe(&error), "the container ended without a log");
                     return Ok(());
