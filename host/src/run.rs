@@ -139,7 +139,8 @@ fn is_decimal(text: &str) -> bool {
 /// pids cannot be checked from here, so its folders stay.
 fn remove_stale_run_folders(temp_root: &Path, namespace: &str) {
     let Ok(entries) = std::fs::read_dir(temp_root) else { return };
-    let own_uid = current_uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|name| name.strip_prefix(RUN_FOLDER_PREFIX)) else { continue };
@@ -153,7 +154,7 @@ fn remove_stale_run_folders(temp_root: &Path, namespace: &str) {
             continue;
         }
         let path = entry.path();
-        let owned = std::fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.is_dir() && own_uid == Some(metadata.uid()));
+        let owned = std::fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.is_dir() && metadata.uid() == own_uid);
         if !owned {
             continue;
         }
@@ -162,11 +163,6 @@ fn remove_stale_run_folders(temp_root: &Path, namespace: &str) {
             Err(error) => tracing::warn!(folder = %path.display(), pid, %error, "failed to remove the temp folder of a run that is gone"),
         }
     }
-}
-
-/// Returns this process's user id, read from the metadata of `/proc/self`.
-fn current_uid() -> Option<u32> {
-    std::fs::metadata("/proc/self").ok().map(|metadata| metadata.uid())
 }
 
 /// Reads the input: a `.tar.gz` package as is, or a folder packed the way Tower packs it.

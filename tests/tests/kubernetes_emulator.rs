@@ -270,7 +270,7 @@ fn timeout_counts_from_app_start() {
 }
 
 #[test]
-fn template_deadline_during_setup_is_timed_out_without_log_error() {
+fn template_deadline_in_setup_times_out() {
     // An operator's deadline counts from the pod's start, so it can run out before the app starts.
     let Some((emulator, config)) = setup("pod_template_patch = { spec = { activeDeadlineSeconds = 2 } }") else { return };
     emulator.faults().inject(Fault::StartDelay { pods: PodTarget::any(), container: Some("app".into()), delay_millis: 5000 });

@@ -295,7 +295,7 @@ fn stale_temp_folders_of_gone_runs_are_removed() {
     std::fs::create_dir(&stale).unwrap();
     std::fs::write(stale.join("package.tar.gz"), b"left behind by a killed host").unwrap();
     // A live run, a run of another pid namespace, and names that `run` never gives a folder.
-    let kept = [
+    let untouched = [
         format!("tower-host-run-{namespace}-{}-def456", std::process::id()),
         format!("tower-host-run-1{namespace}-{exited_pid}-abc123"),
         format!("tower-host-run-{namespace}-0{exited_pid}-abc123"),
@@ -303,7 +303,7 @@ fn stale_temp_folders_of_gone_runs_are_removed() {
         format!("tower-host-run-{namespace}-{exited_pid}-"),
         "tower-host-run-notes".to_string(),
     ];
-    for name in &kept {
+    for name in &untouched {
         std::fs::create_dir(temp_root.path().join(name)).unwrap();
     }
 
@@ -314,7 +314,7 @@ fn stale_temp_folders_of_gone_runs_are_removed() {
     // The stale folder is gone, the run removed its own, and the others stay.
     let mut left: Vec<String> = std::fs::read_dir(temp_root.path()).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
-    let mut expected = kept.to_vec();
+    let mut expected = untouched.to_vec();
     expected.sort();
     assert_eq!(left, expected);
 }

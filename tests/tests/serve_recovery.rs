@@ -204,11 +204,11 @@ fn log_limit_holds_across_restart() {
     assert_eq!(finished["status"]["state"], "exited", "{finished}");
     let records = read_complete(&host.client, "/v1/executions/capped/logs");
     let all = lines(&records);
-    let kept = all.len() - 2;
+    let app_records = all.len() - 2;
     let expected: Vec<String> = ["setup 0", "setup 1"].into_iter().map(String::from).chain((0..60).map(|n| format!("line {n}"))).collect();
-    assert_eq!(all[..kept], expected[..kept], "the app's records are a prefix of its output");
-    assert_eq!(all[kept], "tower-host: this execution's log reached serve.max_log_bytes (1500 bytes), so its further output is dropped");
+    assert_eq!(all[..app_records], expected[..app_records], "the app's records are a prefix of its output");
+    assert_eq!(all[app_records], "tower-host: this execution's log reached serve.max_log_bytes (1500 bytes), so its further output is dropped");
     // The restarted host counts what the backend replays beyond the journalled records.
-    assert_eq!(all[kept + 1], format!("tower-host: dropped {} log records over serve.max_log_bytes (1500 bytes)", 62 - kept));
+    assert_eq!(all[app_records + 1], format!("tower-host: dropped {} log records over serve.max_log_bytes (1500 bytes)", 62 - app_records));
     assert_eq!(seqs(&records), (0..all.len() as u64).collect::<Vec<_>>());
 }

@@ -320,8 +320,8 @@ async fn set_deadline(shared: &Shared, seconds: i64) -> Result<(), PluginError> 
         }
         Err(error) if status_code(&error) == Some(404) => Ok(()),
         Err(error) => {
-            let what = format!("set activeDeadlineSeconds = {seconds} on pod `{}` for the execution's timeout", shared.names.pod);
-            let failure = to_plugin_error(&what, &error);
+            let operation = format!("set activeDeadlineSeconds = {seconds} on pod `{}` for the execution's timeout", shared.names.pod);
+            let failure = to_plugin_error(&operation, &error);
             if status_code(&error) == Some(403) {
                 let message = format!("{}; grant the plugin's service account the `patch` verb on pods (config/kubernetes/rbac.yaml)", failure.message);
                 return Err(PluginError::new(ErrorKind::PermissionDenied, message));

@@ -154,13 +154,15 @@ impl LogFollower {
                     tracing::debug!(pod = %self.pod, %container, "log stream ended while the container runs; reconnecting");
                 }
                 Err(error) if status_code(&error) == Some(404) || self.view.borrow().gone => return Ok(()),
-                // A container that the pod's end kept from starting has no log: the request fails
-                // with 400 ("waiting to start"), also once its status says terminated.
-                Err(error) if status_code(&error) == Some(400) && self.view.borrow().progress(container) != ContainerProgress::Running => {
+                // A container that the pod's end kept from starting has no log. Its request fails
+                // with 400 ("waiting to start"), also once its status is terminated.
+                Err(error)
+                    if self.view.borrow().progress(container) == ContainerProgress::NeverStarts
+                        || (status_code(&error) == Some(400) && self.view.borrow().progress(container) != ContainerProgress::Running) =>
+                {
                     tracing::debug!(pod = %self.pod, %container, error = %describe(&error), "the container ended without a log");
                     return Ok(());
                 }
-                Err(_) if self.view.borrow().progress(container) == ContainerProgress::NeverStarts => return Ok(()),
                 Err(error) => {
                     failures += 1;
                     if failures >= MAX_FAILED_REQUESTS && !is_transient(&error) {
