@@ -91,21 +91,27 @@ impl Pump {
         self.dropped_records += dropped as u64;
     }
 
-    /// Ends the journalling of the app's output at `serve.max_log_bytes`: notes it in the log and
-    /// in `state.json`, so that a restarted host goes on dropping. Later output, even output
-    /// small enough to fit, is dropped too, so the log has no hole in its middle.
+    /// Ends the journalling of the app's output at `serve.max_log_bytes`: records it in
+    /// `state.json`, so that a restarted host goes on dropping, then notes it in the log. Later
+    /// output, even output small enough to fit, is dropped too, so the log has no hole in its
+    /// middle.
     async fn reach_limit(&mut self) {
         self.limit_reached = true;
         let max = self.ctx.config.max_log_bytes.unwrap_or_default();
         tracing::warn!(parent: &self.entry.span, max_log_bytes = max, "the execution's log reached serve.max_log_bytes; dropping its further output");
-        let note = format!("tower-host: this execution's log reached serve.max_log_bytes ({max} bytes), so its further output is dropped");
-        if let Err(error) = self.logs.append(vec![host_note(note)]).await {
-            self.journal_failed(&error);
-            return;
-        }
         self.entry.update(|state| state.stored.log_limit_reached = true);
         if let Err(error) = self.entry.persist().await {
             tracing::error!(parent: &self.entry.span, %error, "failed to record in the execution's state that its log reached serve.max_log_bytes");
+        }
+        self.note_limit().await;
+    }
+
+    /// Appends the host's note that the log reached `serve.max_log_bytes`.
+    async fn note_limit(&mut self) {
+        let max = self.ctx.config.max_log_bytes.unwrap_or_default();
+        let note = format!("{LIMIT_NOTE_START} ({max} bytes), so its further output is dropped");
+        if let Err(error) = self.logs.append(vec![host_note(note)]).await {
+            self.journal_failed(&error);
         }
     }
 
@@ -194,6 +200,9 @@ impl Pump {
     }
 }
 
+/// Start of the host's note that an execution's log reached `serve.max_log_bytes`.
+const LIMIT_NOTE_START: &str = "tower-host: this execution's log reached serve.max_log_bytes";
+
 /// Returns a log record of the host's own, on the setup channel's stderr.
 fn host_note(line: String) -> LogRecord {
     LogRecord { seq: 0, timestamp: Timestamp::now(), stream: Stream::Stderr, channel: Channel::Setup, line: line.into(), flags: LogFlags::default() }
@@ -281,9 +290,17 @@ async fn run_recovered(mut pump: Pump, timeout: Option<Duration>, running_since:
             entry.attach(execution.clone());
             set_phase(&entry, Phase::Attached).await;
             // The backend numbers only its own records, so the host's note at the limit is not
-            // among those it replays.
-            let host_notes = u64::from(pump.limit_reached);
-            pump.replay = Some(ReplayFilter::new(entry.logs.committed().records.saturating_sub(host_notes), entry.status()));
+            // among those it replays. A host that stopped between recording the limit in
+            // `state.json` and writing the note leaves the note to this one.
+            let mut app_records = entry.logs.committed().records;
+            if pump.limit_reached {
+                if last_record_is_limit_note(&entry).await {
+                    app_records -= 1;
+                } else {
+                    pump.note_limit().await;
+                }
+            }
+            pump.replay = Some(ReplayFilter::new(app_records, entry.status()));
             drive(pump, execution, events, timeout, running_since).await;
         }
         Err(error) => {
@@ -476,6 +493,24 @@ impl ReplayFilter {
 
 /// Compares a replayed record with the first journalled one, ignoring the sequence number and
 /// the timestamp (a backend may stamp replayed lines anew).
+/// Tells whether the journal's last log record is the host's note at `serve.max_log_bytes`.
+async fn last_record_is_limit_note(entry: &Entry) -> bool {
+    let Some(last) = entry.logs.committed().records.checked_sub(1) else { return false };
+    let logs = Arc::clone(&entry.logs);
+    match tokio::task::spawn_blocking(move || logs.read_record::<LogRecord>(last)).await {
+        Ok(Ok(Some(record))) => record.channel == Channel::Setup && record.line.starts_with(LIMIT_NOTE_START),
+        Ok(Ok(None)) => false,
+        Ok(Err(error)) => {
+            tracing::warn!(parent: &entry.span, %error, "failed to read the last journalled log record");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(parent: &entry.span, %error, "failed to read the last journalled log record");
+            false
+        }
+    }
+}
+
 async fn first_record_matches(entry: &Entry, replayed: &LogRecord) -> bool {
     let logs = Arc::clone(&entry.logs);
     let journalled = tokio::task::spawn_blocking(move || logs.read_record::<LogRecord>(0)).await;
